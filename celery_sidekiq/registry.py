@@ -1,0 +1,73 @@
+"""Which Celery task runs which Sidekiq class, and how a task's jobs are written.
+
+A task's name is its Sidekiq class (``@app.task(name="Workers::MyWorker")``), or a task declares
+``sidekiq_class="Workers::MyWorker"`` and keeps a Pythonic name. Sidekiq's job options go in
+``sidekiq_options``, as Ruby's ``sidekiq_options`` does::
+
+    @app.task(name="reports.build", sidekiq_class="PaymentReportWorker",
+              sidekiq_options={"retry": 5, "backtrace": True, "tags": ["billing"]})
+    def build_report(account_id): ...
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from celery import Celery
+from kombu_sidekiq.codec import JobOptions
+
+#: The Sidekiq job options a task may set in ``sidekiq_options``; each becomes a job key.
+TASK_OPTIONS: Final = frozenset(
+    {"retry", "retry_queue", "backtrace", "tags", "dead", "unique_for", "unique_until"}
+)
+
+
+class CeleryRegistry:
+    """The :class:`kombu_sidekiq.codec.Registry` of one Celery app."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self._classes: dict[str, str] = {}
+        self._seen = -1
+
+    def task_for(self, klass: str) -> str:
+        """The task that runs ``klass``: one declaring it as ``sidekiq_class``, else its name."""
+        tasks = self.app.tasks
+        if len(tasks) != self._seen:  # tasks may be registered at any time; rebuild then
+            self._classes = {
+                cls: name
+                for name, task in tasks.items()
+                if (cls := getattr(task, "sidekiq_class", None))
+            }
+            self._seen = len(tasks)
+        return self._classes.get(klass, klass)
+
+    def job_options(self, task_name: str) -> JobOptions:
+        task = self.app.tasks.get(task_name)
+        if task is None:
+            return JobOptions(klass=task_name, local=False)
+        options = sidekiq_options(task)
+        return JobOptions(
+            klass=getattr(task, "sidekiq_class", None) or task_name,
+            retry=options.pop("retry", True),
+            local=True,
+            extra=options,
+        )
+
+
+def sidekiq_options(task: Any) -> dict[str, Any]:
+    """A task's Sidekiq options, checked; a wrong one fails with what to change."""
+    options = dict(getattr(task, "sidekiq_options", None) or {})
+    unknown = set(options) - TASK_OPTIONS
+    if unknown:
+        raise ValueError(
+            f"task {task.name!r}: unknown sidekiq_options {sorted(unknown)}; "
+            f"known: {sorted(TASK_OPTIONS)}"
+        )
+    retry = options.get("retry", True)
+    if isinstance(retry, bool) or (isinstance(retry, int) and retry >= 0):
+        return options
+    raise ValueError(
+        f"task {task.name!r}: sidekiq_options retry must be true, false or a count >= 0, "
+        f"not {retry!r}"
+    )

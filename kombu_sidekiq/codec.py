@@ -1,0 +1,283 @@
+"""Sidekiq job <-> kombu message (Celery task protocol 2), as pure functions.
+
+Going out, a Celery task message becomes a job that sidekiq.rb runs unchanged: positional args in
+``args``, the rest of Celery's metadata (kwargs, task id, canvas, limits) in the extension key
+``"celery"``, which Sidekiq carries along untouched. Coming in, a job becomes the envelope kombu's
+Redis channel would have read, with a protocol-2 body, and the job's own JSON rides along in the
+message properties so a restore can put it back byte for byte.
+
+>>> registry = ClassRegistry()
+>>> job = job_from_message(sample_message("Workers::Hard", [1, 2]), "default", registry)
+>>> job["class"], job["args"], job["queue"], job["retry"]
+('Workers::Hard', [1, 2], 'default', True)
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from collections.abc import Callable
+from typing import Any, Final, Protocol
+
+from . import job as jobs
+from .job import Job
+
+#: The job key holding Celery's metadata. Sidekiq keeps unknown keys through every rewrite and
+#: shows them in the Web UI as "Extras"; Ruby code never reads this one.
+EXTENSION_KEY: Final = "celery"
+
+#: The message property carrying the original job JSON of a consumed job.
+RAW_JOB_PROPERTY: Final = "sidekiq_job"
+
+#: Per-call Sidekiq options a producer may pass to ``apply_async``; they become job keys.
+#: ``sidekiq_retry`` stands for Sidekiq's ``retry``, because Celery's ``apply_async(retry=...)``
+#: already means "retry the publish".
+CALL_OPTIONS: Final = ("retry_queue", "backtrace", "tags", "dead", "unique_for", "unique_until")
+
+#: Celery protocol-2 headers that the job carries in its extension key when they differ from
+#: what a job without them implies.
+_HEADER_KEYS: Final = (
+    "root_id",
+    "parent_id",
+    "group",
+    "group_index",
+    "expires",
+    "timelimit",
+    "retries",
+    "origin",
+    "shadow",
+    "ignore_result",
+    "stamped_headers",
+    "stamps",
+    "replaced_task_nesting",
+)
+_OWN_HEADERS: Final = frozenset((*_HEADER_KEYS, "lang", "task", "id", "eta", "argsrepr", "kwargsrepr"))
+_EMBED_KEYS: Final = ("callbacks", "errbacks", "chain", "chord")
+
+
+class CodecError(ValueError):
+    """A message that cannot become a Sidekiq job; the text says what to change."""
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What a producer needs to know about a task to write its job.
+
+    ``klass`` is the Sidekiq class; ``local`` says a Python task of that name exists, so kwargs
+    (which Sidekiq has no slot for) reach it through the extension key; ``extra`` holds the
+    task's Sidekiq options (``backtrace``, ``tags``, ``retry_queue``...).
+    """
+
+    klass: str
+    retry: bool | int = True
+    local: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry(Protocol):
+    """Maps Celery task names to Sidekiq classes and back (``celery_sidekiq`` supplies one)."""
+
+    def task_for(self, klass: str) -> str:
+        """The task name that runs jobs of ``klass``."""
+        ...
+
+    def job_options(self, task_name: str) -> JobOptions:
+        """How to write a job for ``task_name``."""
+        ...
+
+
+class ClassRegistry:
+    """The plain mapping: task name == Sidekiq class, both ways."""
+
+    def task_for(self, klass: str) -> str:
+        return klass
+
+    def job_options(self, task_name: str) -> JobOptions:
+        return JobOptions(klass=task_name)
+
+
+def is_task_message(message: dict[str, Any]) -> bool:
+    """A Celery protocol-2 task message (as opposed to a control reply, an event or a result)."""
+    headers = message.get("headers")
+    return isinstance(headers, dict) and "task" in headers and "id" in headers
+
+
+def eta_of(message: dict[str, Any]) -> float | None:
+    """The epoch seconds a task message is due at, or None to run now.
+
+    Celery sends ``eta`` as ISO 8601; a naive value is taken as UTC, which is what Celery writes
+    with its default ``enable_utc``.
+    """
+    eta = message["headers"].get("eta")
+    if not eta:
+        return None
+    when = datetime.fromisoformat(eta) if isinstance(eta, str) else eta
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return float(when.timestamp())
+
+
+def job_from_message(
+    message: dict[str, Any],
+    queue: str,
+    registry: Registry,
+    *,
+    body: Any = None,
+    version: int = jobs.DEFAULT_SIDEKIQ_VERSION,
+    scheduled: bool = False,
+) -> Job:
+    """The Sidekiq job for a Celery task message headed to ``queue``.
+
+    ``body`` is the decoded protocol-2 body ``[args, kwargs, embed]``; without it the message's
+    body is read as JSON. Raises :class:`CodecError` for what a job cannot carry.
+    """
+    headers, props = message["headers"], message.get("properties") or {}
+    if body is None:
+        body = json_body(message)
+    args, kwargs, embed = _split_body(body)
+    task_id = str(headers["id"])
+    options = registry.job_options(str(headers["task"]))
+    if kwargs and not options.local:
+        raise CodecError(
+            f"{options.klass!r} has no Python task here, so it runs in Ruby, and Sidekiq jobs "
+            f"take positional args only: kwargs {sorted(kwargs)} would be lost. "
+            "Pass them as a trailing hash in args instead."
+        )
+    jid = jobs.jid_for_task_id(task_id)
+    extension = _extension(headers, props, kwargs, embed, task_id, jid)
+    extra = dict(options.extra)
+    extra.update({key: props[key] for key in CALL_OPTIONS if props.get(key) is not None})
+    if extension:
+        extra[EXTENSION_KEY] = extension
+    retry = props.get("sidekiq_retry")
+    return jobs.build(
+        options.klass,
+        list(args),
+        queue=queue,
+        jid=jid,
+        retry=options.retry if retry is None else retry,
+        version=version,
+        scheduled=scheduled,
+        extra=extra,
+    )
+
+
+def json_body(message: dict[str, Any], decode: Callable[[Any, Any], Any] | None = None) -> Any:
+    """The decoded JSON body of a message; any other content type is refused.
+
+    ``decode(body, body_encoding)`` undoes kombu's transfer encoding (base64) first.
+    """
+    content_type = message.get("content-type") or message.get("content_type")
+    if content_type not in (None, "application/json"):
+        raise CodecError(
+            f"the sidekiq transport carries JSON only, not {content_type!r}: "
+            "set task_serializer='json' and accept_content=['json']"
+        )
+    body = message["body"]
+    if decode is not None:
+        body = decode(body, (message.get("properties") or {}).get("body_encoding"))
+    return json.loads(body)
+
+
+def _split_body(body: Any) -> tuple[list[Any] | tuple[Any, ...], dict[str, Any], dict[str, Any]]:
+    if not isinstance(body, (list, tuple)) or len(body) != 3:
+        raise CodecError("not a Celery protocol-2 body [args, kwargs, embed]: set task_protocol=2")
+    args, kwargs, embed = body
+    return args, kwargs or {}, embed or {}
+
+
+def _extension(
+    headers: dict[str, Any],
+    props: dict[str, Any],
+    kwargs: dict[str, Any],
+    embed: dict[str, Any],
+    task_id: str,
+    jid: str,
+) -> dict[str, Any]:
+    """Celery's metadata that a job cannot hold in Sidekiq's own keys; defaults left out."""
+    ext: dict[str, Any] = {}
+    if task_id != jid:
+        ext["id"] = task_id
+    if kwargs:
+        ext["kwargs"] = kwargs
+    for key in _HEADER_KEYS:
+        value = headers.get(key)
+        if _meaningful(key, value, task_id):
+            ext[key] = value
+    others = {k: v for k, v in headers.items() if k not in _OWN_HEADERS and v is not None}
+    if others:
+        ext["headers"] = others
+    ext.update({key: embed[key] for key in _EMBED_KEYS if embed.get(key)})
+    if props.get("reply_to"):
+        ext["reply_to"] = props["reply_to"]
+    return ext
+
+
+def _meaningful(key: str, value: Any, task_id: str) -> bool:
+    if key == "group_index":
+        return value is not None
+    if value in (None, False, 0, [], {}, [None, None], (None, None)):
+        return False
+    return not (key == "root_id" and value == task_id)
+
+
+def message_from_job(job: Job, raw: str, queue: str, registry: Registry) -> dict[str, Any]:
+    """The kombu envelope a consumer receives for ``job`` (read from ``raw``) on ``queue``."""
+    ext = job.get(EXTENSION_KEY)
+    if not isinstance(ext, dict):
+        ext = {}
+    task_id = str(ext.get("id") or job.get("jid") or uuid.uuid4())
+    retry_count = job.get("retry_count")
+    retries = retry_count + 1 if isinstance(retry_count, int) else 0
+    headers: dict[str, Any] = {
+        "lang": "py" if ext else "rb",
+        "task": registry.task_for(job["class"]),
+        "id": task_id,
+        "root_id": ext.get("root_id", task_id),
+        "parent_id": ext.get("parent_id"),
+        "group": ext.get("group"),
+        "group_index": ext.get("group_index"),
+        "retries": max(int(ext.get("retries") or 0), retries),
+        "timelimit": ext.get("timelimit", [None, None]),
+        "eta": None,
+        "expires": ext.get("expires"),
+        "shadow": ext.get("shadow"),
+        "origin": ext.get("origin"),
+    }
+    for key in ("ignore_result", "stamped_headers", "stamps", "replaced_task_nesting"):
+        if key in ext:
+            headers[key] = ext[key]
+    extra_headers = ext.get("headers")
+    if isinstance(extra_headers, dict):
+        headers.update(extra_headers)
+    embed = {key: ext.get(key) for key in _EMBED_KEYS}
+    kwargs = ext.get("kwargs") if isinstance(ext.get("kwargs"), dict) else {}
+    return {
+        "body": json.dumps([job["args"], kwargs, embed]),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": headers,
+        "properties": {
+            "correlation_id": task_id,
+            "reply_to": ext.get("reply_to", ""),
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": None,
+            "delivery_tag": str(uuid.uuid4()),
+            RAW_JOB_PROPERTY: raw,
+        },
+    }
+
+
+def sample_message(task: str, args: list[Any], kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A minimal protocol-2 task message, for examples and tests."""
+    task_id = str(uuid.uuid4())
+    return {
+        "body": json.dumps([args, kwargs or {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]),
+        "content-type": "application/json",
+        "headers": {"lang": "py", "task": task, "id": task_id, "root_id": task_id, "retries": 0},
+        "properties": {"correlation_id": task_id, "reply_to": ""},
+    }

@@ -1,0 +1,194 @@
+"""The Sidekiq job: parse, validate, dump; jids; timestamps.
+
+A job is a JSON object. Sidekiq owns a handful of keys (``class``, ``args``, ``queue``, ``jid``,
+``retry``, ``created_at``, ``enqueued_at`` and the failure fields); every other key belongs to
+somebody else and must survive every rewrite with its value unchanged. So a job is kept as the
+plain ``dict`` that ``json.loads`` gives, key order included, and this module only reads it,
+checks it, and sets the keys it owns.
+
+>>> job = parse(b'{"class":"HardJob","args":[1],"queue":"default","jid":"c65c0a","retry":true}')
+>>> job["class"], job["args"]
+('HardJob', [1])
+>>> dumps(job)
+'{"class":"HardJob","args":[1],"queue":"default","jid":"c65c0a","retry":true}'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Final
+
+Job = dict[str, Any]
+"""A Sidekiq job as a JSON object, in the key order it was read or built."""
+
+#: The Sidekiq version whose formats we write when nothing else is said. 7.x reads and writes
+#: float-second timestamps, as 6.x does, so it is the choice that no 6.x or 7.x reader misreads.
+DEFAULT_SIDEKIQ_VERSION: Final = 7
+
+#: Keys Sidekiq writes as timestamps. 8.0 made them integer milliseconds; before, float seconds.
+TIMESTAMP_KEYS: Final = ("created_at", "enqueued_at", "failed_at", "retried_at", "discarded_at")
+
+#: Timestamps this large are milliseconds whatever their JSON type: 1e11 seconds is the year
+#: 5138, while 1e11 milliseconds is 1973. It rescues 8.x values that some writer turned into
+#: floats (rusty-sidekiq re-serializes ms as ``1700000000123.0``).
+_MS_THRESHOLD: Final = 1e11
+
+
+class InvalidJob(ValueError):
+    """A payload that is not a Sidekiq job; ``reason`` says why, for the dead set and the log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def new_jid() -> str:
+    """24 lowercase hex characters, as ``SecureRandom.hex(12)`` makes them."""
+    return os.urandom(12).hex()
+
+
+def jid_for_task_id(task_id: str) -> str:
+    """The jid a Celery task id maps to, so ``AsyncResult.id`` finds its Sidekiq job.
+
+    A UUID gives its first 24 hex digits (random in uuid4 but for one version nibble); a task id
+    that already is a jid is kept; anything else gets a fresh jid.
+    """
+    hex_id = task_id.replace("-", "")
+    if len(hex_id) >= 24 and _is_hex(hex_id):
+        return hex_id[:24].lower()
+    return new_jid()
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        int(text, 16)
+    except ValueError:
+        return False
+    return True
+
+
+def now_timestamp(version: int = DEFAULT_SIDEKIQ_VERSION) -> float | int:
+    """Now, as the given Sidekiq version writes job timestamps.
+
+    Sidekiq 8 writes integer epoch milliseconds; 6.x and 7.x write float epoch seconds. The float
+    is never a whole number printed without a decimal point, which 8.x would read as milliseconds.
+    """
+    if version >= 8:
+        return time.time_ns() // 1_000_000
+    return time.time()
+
+
+def to_epoch_seconds(value: Any) -> float | None:
+    """Read a job timestamp written by any Sidekiq version, rusty-sidekiq, or ourselves.
+
+    Sidekiq 8's rule: a JSON float is seconds, a JSON integer is milliseconds. ``None`` (an absent
+    key or rusty-sidekiq's explicit ``null``) stays ``None``; anything else is not a timestamp.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value / 1000.0
+    if isinstance(value, float):
+        return value / 1000.0 if value >= _MS_THRESHOLD else value
+    return None
+
+
+def parse(raw: bytes | str) -> Job:
+    """Parse and validate a job from its JSON; raise :class:`InvalidJob` with the reason."""
+    try:
+        job = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidJob(f"not JSON: {exc}") from None
+    validate(job)
+    return job  # type: ignore[no-any-return]
+
+
+def validate(job: Any) -> None:
+    """Check what a consumer needs; the reason names the first problem found."""
+    if not isinstance(job, dict):
+        raise InvalidJob(f"a job is a JSON object, not {type(job).__name__}")
+    klass = job.get("class")
+    if not isinstance(klass, str) or not klass:
+        raise InvalidJob("the job has no 'class' string")
+    if not isinstance(job.get("args"), list):
+        raise InvalidJob(f"'args' must be a JSON array, not {_json_type(job.get('args'))}")
+    for key in ("queue", "jid"):
+        if key in job and not isinstance(job[key], str):
+            raise InvalidJob(f"'{key}' must be a string, not {_json_type(job[key])}")
+    retry = job.get("retry", True)
+    if retry is not None and not isinstance(retry, (bool, int)):
+        raise InvalidJob(f"'retry' must be true, false or an integer, not {_json_type(retry)}")
+    for key in TIMESTAMP_KEYS:
+        value = job.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise InvalidJob(f"'{key}' must be a number, not {_json_type(value)}")
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    for kind, name in names.items():
+        if isinstance(value, kind):
+            return name
+    return "number"
+
+
+def dumps(job: Job) -> str:
+    """Compact JSON, as ``JSON.generate`` and ``serde_json`` write it, UTF-8 left unescaped."""
+    return json.dumps(job, separators=(",", ":"), ensure_ascii=False)
+
+
+def retry_option(job: Job) -> bool | int:
+    """The job's ``retry``: Sidekiq's default ``true`` when absent or null."""
+    retry = job.get("retry")
+    return True if retry is None else retry  # type: ignore[no-any-return]
+
+
+def build(
+    klass: str,
+    args: list[Any],
+    *,
+    queue: str = "default",
+    jid: str | None = None,
+    retry: bool | int = True,
+    version: int = DEFAULT_SIDEKIQ_VERSION,
+    scheduled: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> Job:
+    """A new job as sidekiq.rb's client writes it.
+
+    ``scheduled`` jobs go to the ``schedule`` ZSET and carry no ``enqueued_at`` (7.1.2+ rule);
+    ``extra`` keys (Sidekiq options such as ``backtrace`` or ``tags``, or extension keys) follow
+    the standard ones.
+    """
+    now = now_timestamp(version)
+    job: Job = {
+        "class": klass,
+        "args": args,
+        "queue": queue,
+        "jid": jid or new_jid(),
+        "retry": retry,
+        "created_at": now,
+    }
+    if not scheduled:
+        job["enqueued_at"] = now
+    if extra:
+        job.update(extra)
+    return job
+
+
+def mark_enqueued(job: Job, version: int = DEFAULT_SIDEKIQ_VERSION) -> Job:
+    """Stamp ``enqueued_at`` for a push to a queue list, as Sidekiq's client does on every push.
+
+    A job that already carries a timestamp keeps its unit (ms stays ms), so one payload never mixes
+    what its original writer chose with what we were configured to write.
+    """
+    old = job.get("enqueued_at", job.get("created_at"))
+    if isinstance(old, int) and not isinstance(old, bool):
+        job["enqueued_at"] = now_timestamp(8)
+    elif isinstance(old, float):
+        job["enqueued_at"] = now_timestamp(7)
+    else:
+        job["enqueued_at"] = now_timestamp(version)
+    return job
