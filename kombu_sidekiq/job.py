@@ -108,7 +108,7 @@ def parse(raw: bytes | str) -> Job:
 def validate(job: Any) -> None:
     """Check what a consumer needs; the reason names the first problem found."""
     if not isinstance(job, dict):
-        raise InvalidJob(f"a job is a JSON object, not {type(job).__name__}")
+        raise InvalidJob(f"a job is a JSON object, not {_json_type(job)}")
     klass = job.get("class")
     if not isinstance(klass, str) or not klass:
         raise InvalidJob("the job has no 'class' string")
