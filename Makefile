@@ -1,0 +1,41 @@
+# Developer and CI entry points. GNU make; recipes use tabs.
+#   make test PYTEST_ARGS="tests/test_support_smoke.py -x"
+PY ?= python3
+VENV ?= .venv
+PYTEST_ARGS ?=
+LINT_PATHS ?= kombu_sidekiq celery_sidekiq tests
+STAMP := $(VENV)/.installed
+
+.PHONY: deps venv test lint demo bench clean
+
+deps:
+	bash scripts/install-system-deps.sh
+
+venv: $(STAMP)
+
+$(VENV)/bin/python:
+	$(PY) -m venv $(VENV)
+
+# Re-install whenever pyproject.toml changes (new deps or extras); the stamp records success.
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,fast]'
+	touch $@
+
+# pytest must be the last command so its summary is the last line printed.
+test: deps venv
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy -p kombu_sidekiq -p celery_sidekiq
+
+demo: deps venv
+	$(VENV)/bin/python examples/demo.py
+
+bench: deps venv
+	$(VENV)/bin/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis tests/artifacts
+	find . -path ./.git -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
