@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import redis
 
@@ -98,10 +98,12 @@ class Client:
         for zset in (self.keys.retry, self.keys.schedule):
             while True:
                 when = time.time() if now is None else now
-                due = self.redis.zrange(zset, "-inf", when, byscore=True, offset=0, num=PROMOTE_BATCH)
+                due = self.redis.zrange(
+                    zset, "-inf", when, byscore=True, offset=0, num=PROMOTE_BATCH
+                )
                 if not due:
                     break
-                moved += self._promote_members(zset, due)
+                moved += self._promote_members(zset, cast(list[bytes], due))
                 if len(due) < PROMOTE_BATCH:
                     break
         return moved
@@ -124,7 +126,9 @@ class Client:
 
     def bury(self, zset: str, member: bytes | str, reason: str) -> bool:
         """Move an unreadable member of ``zset`` to the dead set, as it is."""
-        logger.error("moving an invalid job from %s to the dead set: %s: %r", zset, reason, member[:200])
+        logger.error(
+            "moving an invalid job from %s to the dead set: %s: %r", zset, reason, member[:200]
+        )
         now = time.time()
         return bool(
             self._bury(

@@ -142,7 +142,7 @@ def dumps(job: Job) -> str:
 def retry_option(job: Job) -> bool | int:
     """The job's ``retry``: Sidekiq's default ``true`` when absent or null."""
     retry = job.get("retry")
-    return True if retry is None else retry  # type: ignore[no-any-return]
+    return True if retry is None else retry
 
 
 def build(

@@ -17,6 +17,7 @@ import pytest
 import redis as redis_lib
 from kombu import Connection, Consumer, Exchange, Producer, Queue
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 
 import kombu_sidekiq  # noqa: F401  (registers sidekiq://)
 from kombu_sidekiq import codec
@@ -53,14 +54,19 @@ def test_the_overridden_kombu_internals_still_exist_with_the_same_shape() -> Non
         "_size": ["self", "queue"],
         "_purge": ["self", "queue"],
         "_has_queue": ["self", "queue", "kwargs"],
-        "_do_restore_message": ["self", "payload", "exchange", "routing_key", "pipe", "leftmost"],
+        "_restore": ["self", "message", "leftmost"],
+        "basic_consume": ["self", "queue", "args", "kwargs"],
         "_flush_brpop_reauth": ["self"],
         "_create_client": ["self", "asynchronous"],
     }
     for name, params in expected.items():
         assert list(inspect.signature(getattr(base, name)).parameters) == params, name
-    for attr in ("keyprefix_queue", "keyprefix_binding_permanent", "keyprefix_binding_deadlines", "_queue_cycle", "from_transport_options"):
-        assert hasattr(base, attr) or attr == "_queue_cycle", attr
+    for attr in ("keyprefix_queue", "keyprefix_binding_permanent", "keyprefix_binding_deadlines", "from_transport_options", "auto_delete_queues"):
+        assert hasattr(base, attr) or attr == "auto_delete_queues", attr
+    assert list(inspect.signature(virtual.QoS.restore_unacked).parameters) == ["self"]
+    assert list(inspect.signature(virtual.QoS.can_consume_max_estimate).parameters) == ["self"]
+    assert "_restore_at_beginning(self._delivered[delivery_tag])" in inspect.getsource(virtual.QoS.reject)
+    assert "_brpop_start()" in inspect.getsource(kombu_redis.MultiChannelPoller._register_BRPOP)
     assert "_publish_batch" in inspect.getsource(base._put)
     assert "connection._deliver" in inspect.getsource(base._brpop_read)
 
@@ -93,10 +99,11 @@ def test_a_job_arrives_as_a_celery_message_and_its_ack_clears_it(connection: Con
     assert message.headers["task"] == "Workers::Hard"
     assert message.headers["id"] == "c65c0a3b81d5e7e3c5a748cf"
     assert json.loads(message.body)[0] == [1, {"a": "b"}]
-    assert redis.hlen(channel.unacked_key) == 1
+    inflight = channel.fetcher.inflight("default")
+    assert redis.llen(inflight) == 1 and redis.llen("queue:default") == 0
     message.ack()
-    assert redis.hlen(channel.unacked_key) == 0
-    assert redis.llen("queue:default") == 0
+    channel.fetcher.flush_acks()  # acks ride along with the next fetch; flush for the test
+    assert redis.llen(inflight) == 0 and redis.llen("queue:default") == 0
 
 
 def test_an_unacked_job_goes_back_to_the_head_of_its_queue_byte_for_byte(broker_url: str, redis: redis_lib.Redis) -> None:
@@ -174,7 +181,8 @@ def test_namespace_prefixes_every_key(broker_url: str, redis: redis_lib.Redis) -
         assert redis.llen("ns:queue:default") == 1
         assert redis.zcard("ns:schedule") == 1
         channel.basic_get("default")
-        assert redis.hlen("ns:celery-sidekiq:unacked") == 1
+        assert redis.llen(channel.fetcher.inflight("default")) == 1
+        assert channel.fetcher.inflight("default").startswith("ns:")
     assert not [k for k in redis.keys("*") if not k.startswith(b"ns:")]
 
 
