@@ -1,25 +1,32 @@
 """Reliable fetch: jobs in flight are recorded per worker, atomically, and never lost.
 
 Sidekiq OSS pops a job with BRPOP and loses it if the process dies mid-job; Celery's Redis
-transport records it in an ``unacked`` hash a moment after popping and hands it to anybody once
-``visibility_timeout`` has passed, even while the first worker still runs it. Here a worker moves
-each job from ``queue:<name>`` into its own in-flight list in the same Redis step
-(``fetch.lua``, or ``BRPOPLPUSH`` while idle), removes it when done (acks ride along with the next
-fetch, so a busy worker spends less than one Redis command per job), and keeps a lease alive
-from a thread. Only when the lease expires (the process is gone) do the other workers' recovery
-runs (``recover.lua``) put its jobs back at the head of their queues, byte for byte.
+transport records it in an ``unacked`` hash a moment after popping it, and hands it to anybody
+once ``visibility_timeout`` has passed, even while the first worker still runs it. Here a worker
+moves jobs from ``queue:<name>`` into its own in-flight hash in the same Redis step
+(``fetch.lua``), numbering each one (its delivery tag); acks are batched into the next fetch,
+so a busy worker spends about one Redis command per job or less. A thread keeps the worker's
+lease alive. Only when the lease expires (the process is gone) do other workers' recovery runs
+(``recover.lua``) put its jobs back at the head of their queues, byte for byte.
+
+While idle, a worker blocks with ``BRPOPLPUSH`` from one queue into its landing list; the next
+fetch records what landed. Everything else that leaves the in-flight hash goes through
+``settle.lua``: back to the queue, to the retry, schedule or dead set.
 
 Keys (under the namespace):
 
 ``celery-sidekiq:inflight``
-    HASH: each in-flight list -> ``<lease key>\\n<queue key>``, so recovery finds every list.
+    HASH: each in-flight hash -> ``<lease key>\\n<queue key>\\n<landing key>``: recovery's map.
 ``celery-sidekiq:inflight:<consumer>:<queue>``
-    LIST: the jobs one worker holds from one queue, newest first.
+    HASH: field number -> job, for the jobs one worker holds from one queue.
+``celery-sidekiq:landing:<consumer>:<queue>``
+    LIST: what an idle wait took, until the next fetch records it.
 ``celery-sidekiq:lease:<consumer>``
-    STRING with a TTL of ``lease`` seconds, refreshed every ``lease / 4``.
+    STRING with a TTL of ``lease`` seconds, renewed every ``lease / 4`` from a thread.
 
->>> fetch = ReliableFetch(Client(redis.Redis()))                          # doctest: +SKIP
->>> fetch.fetch(["default"], 10)             # [(queue, is_job, payload), ...]  # doctest: +SKIP
+>>> fetch = ReliableFetch(Client(redis.Redis()))                   # doctest: +SKIP
+>>> [(item.queue, item.tag) for item in fetch.fetch(["default"], 10)]  # doctest: +SKIP
+[('default', 1), ('default', 2)]
 """
 
 from __future__ import annotations
@@ -32,16 +39,16 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Final, cast
+from typing import Any, Final, Literal, NamedTuple
 
 import redis
 
 from . import scripts
-from .client import Client
+from .client import DEAD_MAX_JOBS, DEAD_TIMEOUT, Client
 
 logger = logging.getLogger(__name__)
 
-#: Seconds a worker's lease lives without a refresh; its in-flight jobs go back to their
+#: Seconds a worker's lease lives without a renewal; its in-flight jobs go back to their
 #: queues at most this long (plus one recovery interval) after it died.
 DEFAULT_LEASE: Final = 40.0
 
@@ -49,7 +56,10 @@ DEFAULT_LEASE: Final = 40.0
 #: quarter of the lease is shorter.
 DEFAULT_RECOVER_INTERVAL: Final = 10.0
 
+#: The registry of in-flight hashes, for recovery.
 REGISTRY: Final = "celery-sidekiq:inflight"
+
+Destination = Literal["head", "tail", "retry", "schedule", "dead"]
 
 
 def new_consumer_id() -> str:
@@ -81,12 +91,21 @@ class Script:
 
 
 FETCH: Final = Script("fetch")
-REQUEUE: Final = Script("requeue")
+SETTLE: Final = Script("settle")
 RECOVER: Final = Script("recover")
 
 
+class Fetched(NamedTuple):
+    """One item a fetch took: a job (with its in-flight ``tag``) or a kombu message (tag 0)."""
+
+    queue: str
+    tag: int
+    payload: bytes
+    is_job: bool
+
+
 class ReliableFetch:
-    """One consumer's in-flight bookkeeping: fetch, ack, requeue, lease and recovery."""
+    """One consumer's in-flight bookkeeping: fetch, ack, settle, lease and recovery."""
 
     def __init__(
         self,
@@ -104,7 +123,10 @@ class ReliableFetch:
         self.recover_interval = recover_interval or min(DEFAULT_RECOVER_INTERVAL, lease / 4)
         self.registry = self.keys.key(REGISTRY)
         self.lease_key = self.keys.key(f"celery-sidekiq:lease:{self.consumer_id}")
-        self._acks: list[tuple[str, str | bytes]] = []
+        self._next_tag = 1
+        self._registered_at = float("-inf")
+        self._landed = False
+        self._acks: list[tuple[str, int]] = []
         self._queues: set[str] = set()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -114,79 +136,125 @@ class ReliableFetch:
     def inflight(self, queue: str) -> str:
         return self.keys.key(f"celery-sidekiq:inflight:{self.consumer_id}:{queue}")
 
+    def landing(self, queue: str) -> str:
+        return self.keys.key(f"celery-sidekiq:landing:{self.consumer_id}:{queue}")
+
     def _registry_value(self, queue: str) -> str:
-        return f"{self.lease_key}\n{self.keys.queue(queue)}"
+        return f"{self.lease_key}\n{self.keys.queue(queue)}\n{self.landing(queue)}"
 
     # -- fetching --------------------------------------------------------------------------
 
-    def fetch_command(self, queues: Sequence[str], count: int) -> list[Any]:
-        """The EVALSHA that takes up to ``count`` items and acks what is pending."""
-        return FETCH.command(*self._fetch_keys_args(queues, count))
+    def fetch_command(self, queues: Sequence[str], count: int, *, idle: bool = False) -> list[Any]:
+        """The EVALSHA that takes up to ``count`` items and carries the pending acks.
 
-    def _fetch_keys_args(self, queues: Sequence[str], count: int) -> tuple[list[str], list[Any]]:
+        ``idle`` also reads kombu's own key of each queue when no job is waiting.
+        """
+        return FETCH.command(*self._fetch_keys_args(queues, count, idle))
+
+    def _fetch_keys_args(
+        self, queues: Sequence[str], count: int, idle: bool
+    ) -> tuple[list[str], list[Any]]:
         keys = [self.registry, self.lease_key]
         for queue in queues:
-            keys += [self.keys.queue(queue), self.inflight(queue), self.keys.kombu(queue)]
+            keys += [
+                self.keys.queue(queue),
+                self.inflight(queue),
+                self.landing(queue),
+                self.keys.kombu(queue),
+            ]
+        by_key: dict[str, list[str]] = {}
         acks, self._acks = self._acks, []
-        keys += [key for key, _ in acks]
-        args: list[Any] = [len(queues), count, int(self.lease)]
+        for key, tag in acks:
+            by_key.setdefault(key, []).append(str(tag))
+        keys += list(by_key)
+        flags = "k" if idle else ""
+        if self._landed:
+            flags += "l"
+            self._landed = False
+        # Re-register now and then: after a stall long enough for the lease to lapse and a
+        # recovery to drop this worker's entries, the next fetch puts them back at once.
+        now = time.monotonic()
+        if now - self._registered_at > self.lease / 8:
+            flags += "r"
+            self._registered_at = now
+        args: list[Any] = [len(queues), count, self._next_tag, flags or "-", int(self.lease)]
         args += [self._registry_value(queue) for queue in queues]
-        args += [payload for _, payload in acks]
+        args += [" ".join(tags) for tags in by_key.values()]
         return keys, args
 
-    @staticmethod
-    def parse_fetch(queues: Sequence[str], reply: Sequence[Any]) -> list[tuple[str, bool, bytes]]:
-        """``(queue, is_job, payload)`` for each item a fetch reply holds."""
-        return [
-            (queues[int(reply[i]) - 1], bool(int(reply[i + 1])), reply[i + 2])
-            for i in range(0, len(reply), 3)
+    def parse_fetch(self, queues: Sequence[str], reply: Sequence[Any]) -> list[Fetched]:
+        """What a fetch reply holds, in the order taken."""
+        items = [
+            Fetched(queues[int(reply[i]) - 1], int(reply[i + 1]), reply[i + 2], bool(reply[i + 3]))
+            for i in range(0, len(reply), 4)
         ]
+        self._next_tag = max([self._next_tag - 1, *(item.tag for item in items)]) + 1
+        return items
 
-    def fetch(self, queues: Sequence[str], count: int) -> list[tuple[str, bool, bytes]]:
+    def fetch(self, queues: Sequence[str], count: int, *, idle: bool = True) -> list[Fetched]:
         """Fetch synchronously (``basic_get`` and tests)."""
-        reply = FETCH(self.client.redis, *self._fetch_keys_args(queues, count))
+        reply = FETCH(self.client.redis, *self._fetch_keys_args(queues, count, idle))
         return self.parse_fetch(queues, reply)
 
     def block_command(self, queue: str, timeout: float) -> list[Any]:
-        """Wait for one job of ``queue``, moving it in flight as it arrives."""
-        return ["BRPOPLPUSH", self.keys.queue(queue), self.inflight(queue), timeout]
+        """Wait for one job of ``queue``; it lands in this worker's landing list."""
+        return ["BRPOPLPUSH", self.keys.queue(queue), self.landing(queue), timeout]
+
+    def landed(self) -> None:
+        """A wait took a job: the next fetch must record it."""
+        self._landed = True
 
     def load_scripts(self) -> None:
         FETCH.load(self.client.redis)
 
-    # -- finishing -------------------------------------------------------------------------
+    # -- settling --------------------------------------------------------------------------
 
-    def ack(self, queue: str, payload: str | bytes) -> None:
+    def ack(self, queue: str, tag: int) -> None:
         """Mark a job done; the removal rides along with the next fetch (or ``flush_acks``).
 
-        Safe from any thread: ``list.append`` and the swap in ``fetch_command`` are atomic.
+        Safe from any thread: ``list.append`` and the swap in the fetch are atomic.
         """
-        self._acks.append((self.inflight(queue), payload))
+        self._acks.append((self.inflight(queue), tag))
+        if self._stopped.is_set():  # no fetch will come to carry it
+            self.flush_acks()
 
     def flush_acks(self) -> None:
         acks, self._acks = self._acks, []
         if acks:
             with self.client.redis.pipeline(transaction=False) as pipe:
-                for key, payload in acks:
-                    pipe.lrem(key, -1, cast(str, payload))
+                for key, tag in acks:
+                    pipe.hdel(key, str(tag))
                 pipe.execute()
 
-    def requeue(self, queue: str, payload: str | bytes, *, tail: bool = False) -> bool:
-        """Put an in-flight job back: at the head of its queue, or at the tail."""
-        keys = [self.inflight(queue), self.keys.queue(queue)]
-        return bool(REQUEUE(self.client.redis, keys, [payload, "tail" if tail else "head"]))
+    def settle(
+        self,
+        queue: str,
+        tag: int,
+        to: Destination,
+        payload: str | bytes,
+        *,
+        at: float = 0.0,
+    ) -> bool:
+        """Move an in-flight job (``payload``, or what to store instead) elsewhere, atomically.
 
-    def bury(self, queue: str, payload: str | bytes) -> None:
-        """Move an in-flight job to the dead set, in one transaction."""
-        with self.client.redis.pipeline(transaction=True) as pipe:
-            pipe.lrem(self.inflight(queue), -1, cast(str, payload))
-            self.client.kill(payload, pipe)
-            pipe.execute()
+        ``head``/``tail`` of its queue, ``retry``/``schedule`` at epoch ``at``, or ``dead``.
+        False if it was no longer in flight (a recovery took it): nothing is stored twice.
+        """
+        keys = self.keys
+        now = time.time()
+        if to in ("head", "tail"):
+            target, mode, score = keys.queue(queue), to, 0.0
+        elif to == "dead":
+            target, mode, score = keys.dead, "dead", now
+        else:
+            target, mode, score = keys.key(to), "zset", at
+        args = [tag, payload, mode, score, now - DEAD_TIMEOUT, DEAD_MAX_JOBS]
+        return bool(SETTLE(self.client.redis, [self.inflight(queue), target], args))
 
     # -- lease and recovery ----------------------------------------------------------------
 
     def watch(self, queue: str) -> None:
-        """Register ``queue``'s in-flight list before anything can land in it."""
+        """Register ``queue``'s in-flight hash before anything can land in it."""
         self._queues.add(queue)
         self.refresh()
 
@@ -212,18 +280,28 @@ class ReliableFetch:
             self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread and release the lease (after the caller requeued what it held)."""
+        """Stop the thread; release the lease if nothing is left in flight.
+
+        Whatever is still held (a requeue that failed with Redis away) keeps its registry
+        entry, so recovery returns it once the lease expires.
+        """
         self._stopped.set()
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
         try:
             self.flush_acks()
-            with self.client.redis.pipeline(transaction=True) as pipe:
-                for queue in self._queues:
-                    pipe.hdel(self.registry, self.inflight(queue))
-                pipe.delete(self.lease_key)
-                pipe.execute()
+            held = 0
+            for queue in self._queues:
+                count = self.client.redis.hlen(self.inflight(queue))
+                count += self.client.redis.llen(self.landing(queue))
+                held += count
+                if not count:
+                    self.client.redis.hdel(self.registry, self.inflight(queue))
+            if held:
+                logger.warning("%d jobs still in flight; back when the lease expires", held)
+            else:
+                self.client.redis.delete(self.lease_key)
         except redis.RedisError as exc:
             logger.warning("could not release the fetch lease: %s", exc)
 
@@ -231,7 +309,7 @@ class ReliableFetch:
         # A thread, not the event loop: a solo worker blocked in a long task must keep its
         # lease, or another worker would run the same job twice.
         next_recovery = time.monotonic()
-        beat = self.lease / 4
+        beat = min(self.lease / 4, self.recover_interval)
         while not self._stopped.is_set():
             try:
                 self.refresh()
@@ -241,4 +319,4 @@ class ReliableFetch:
                     next_recovery = time.monotonic() + self.recover_interval * jitter
             except Exception as exc:  # Redis away: the next beat tries again
                 logger.warning("fetch lease: %s: %s", type(exc).__name__, exc)
-            self._stopped.wait(min(beat, self.recover_interval))
+            self._stopped.wait(beat)

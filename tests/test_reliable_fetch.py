@@ -31,56 +31,90 @@ def push(redis: redis_lib.Redis, klass: str, args: list[Any], queue: str = "defa
     return jobs.dumps(job)
 
 
+def held(redis: redis_lib.Redis, fetch: ReliableFetch, queue: str = "default") -> list[bytes]:
+    """What ``fetch`` holds in flight, oldest first."""
+    fields = redis.hgetall(fetch.inflight(queue))
+    return [fields[tag] for tag in sorted(fields, key=int)]
+
+
 def test_fetch_moves_jobs_in_flight_in_the_same_step(redis: redis_lib.Redis) -> None:
     raws = [push(redis, "A", [n]) for n in range(3)]
     fetch = ReliableFetch(Client(redis), lease=5)
     taken = fetch.fetch(["default"], 2)
-    assert [payload.decode() for _, is_job, payload in taken if is_job] == raws[:2]
-    assert redis.lrange(fetch.inflight("default"), 0, -1) == [raws[1].encode(), raws[0].encode()]
+    assert [(item.payload.decode(), item.tag, item.is_job) for item in taken] == [(raws[0], 1, True), (raws[1], 2, True)]
+    assert held(redis, fetch) == [raws[0].encode(), raws[1].encode()]
     assert redis.llen("queue:default") == 1
     assert redis.ttl(fetch.lease_key) > 0
-    assert redis.hget(fetch.registry, fetch.inflight("default")) == f"{fetch.lease_key}\nqueue:default".encode()
+    value = f"{fetch.lease_key}\nqueue:default\n{fetch.landing('default')}".encode()
+    assert redis.hget(fetch.registry, fetch.inflight("default")) == value
+    assert [item.tag for item in fetch.fetch(["default"], 5)] == [3]
 
 
 def test_acks_ride_along_with_the_next_fetch(redis: redis_lib.Redis) -> None:
     first, second = push(redis, "A", [1]), push(redis, "A", [2])
     fetch = ReliableFetch(Client(redis), lease=5)
-    fetch.fetch(["default"], 1)
-    fetch.ack("default", first)
-    assert redis.llen(fetch.inflight("default")) == 1  # not yet: no round trip of its own
-    (_, _, payload), = fetch.fetch(["default"], 1)
-    assert payload.decode() == second
-    assert redis.lrange(fetch.inflight("default"), 0, -1) == [second.encode()]
+    (item,) = fetch.fetch(["default"], 1)
+    fetch.ack("default", item.tag)
+    assert held(redis, fetch) == [first.encode()]  # not yet: no round trip of its own
+    (item,) = fetch.fetch(["default"], 1)
+    assert item.payload.decode() == second
+    assert held(redis, fetch) == [second.encode()]
+
+
+def test_byte_identical_jobs_in_flight_never_collide(redis: redis_lib.Redis) -> None:
+    raw = push(redis, "A", [1])
+    redis.lpush("queue:default", raw)
+    fetch = ReliableFetch(Client(redis), lease=5)
+    assert len(fetch.fetch(["default"], 5)) == 2
+    assert held(redis, fetch) == [raw.encode(), raw.encode()]
 
 
 def test_a_dead_workers_jobs_go_back_to_the_head_oldest_first(redis: redis_lib.Redis) -> None:
-    raws = [push(redis, "A", [n]) for n in range(4)]
+    raws = [push(redis, "A", [n]) for n in range(5)]
     dead = ReliableFetch(Client(redis), lease=5)
     dead.fetch(["default"], 3)
+    redis.lpush(dead.landing("default"), redis.rpop("queue:default"))  # an idle wait took raws[3]
     live = ReliableFetch(Client(redis), lease=5)
     live.fetch(["default"], 1)
     assert live.recover() == 0  # both leases are alive
     redis.delete(dead.lease_key)  # what expiry does after a kill -9
-    assert live.recover() == 3
+    assert live.recover() == 4
     # BRPOP takes from the right: the oldest of the dead worker's jobs comes first again
-    assert redis.lrange("queue:default", 0, -1) == [raws[2].encode(), raws[1].encode(), raws[0].encode()]
-    assert redis.llen(dead.inflight("default")) == 0
-    assert redis.hexists(live.registry, live.inflight("default"))
-    assert redis.lrange(live.inflight("default"), 0, -1) == [raws[3].encode()]
+    assert redis.lrange("queue:default", 0, -1) == [raws[n].encode() for n in (3, 2, 1, 0)]
+    assert not redis.exists(dead.inflight("default"), dead.landing("default"))
+    assert not redis.hexists(dead.registry, dead.inflight("default"))
+    assert held(redis, live) == [raws[4].encode()]
 
 
-def test_requeue_puts_a_job_at_the_head_or_the_tail(redis: redis_lib.Redis) -> None:
-    a, b, c = (push(redis, "A", [n]) for n in range(3))
+def test_an_idle_wait_lands_a_job_that_the_next_fetch_records(redis: redis_lib.Redis) -> None:
+    raw = push(redis, "A", [1])
     fetch = ReliableFetch(Client(redis), lease=5)
-    fetch.fetch(["default"], 2)
-    assert fetch.requeue("default", a)
-    assert fetch.requeue("default", b, tail=True)
-    assert redis.lrange("queue:default", 0, -1) == [b.encode(), c.encode(), a.encode()]
-    assert not fetch.requeue("default", a)  # no longer in flight: nothing moves
-    assert redis.llen(fetch.inflight("default")) == 0
+    fetch.watch("default")
+    command = fetch.block_command("default", 1)
+    assert redis.execute_command(*command) == raw.encode()
+    fetch.landed()
+    (item,) = fetch.fetch(["default"], 5)
+    assert (item.payload.decode(), item.is_job) == (raw, True)
+    assert held(redis, fetch) == [raw.encode()] and redis.llen(fetch.landing("default")) == 0
 
 
-def test_stop_releases_the_lease_and_the_registry(redis: redis_lib.Redis) -> None:
+def test_settle_moves_a_job_out_of_flight_atomically_and_only_once(redis: redis_lib.Redis) -> None:
+    redis.zadd("dead", {"ancient": time.time() - 200 * 24 * 3600})
+    fetch = ReliableFetch(Client(redis), lease=5)
+    destinations = ("retry", "schedule", "dead", "tail", "head")
+    for to in destinations:
+        push(redis, "J", [to])
+    for to, item in zip(destinations, fetch.fetch(["default"], 5)):
+        assert fetch.settle("default", item.tag, to, f"stored at {to}", at=123.5)  # type: ignore[arg-type]
+        assert not fetch.settle("default", item.tag, to, "again")  # gone: nothing stored twice
+    assert held(redis, fetch) == []
+    assert redis.zrange("retry", 0, -1, withscores=True) == [(b"stored at retry", 123.5)]
+    assert redis.zrange("schedule", 0, -1, withscores=True) == [(b"stored at schedule", 123.5)]
+    assert redis.zrange("dead", 0, -1) == [b"stored at dead"]  # trimmed by age, as the morgue is
+    assert redis.lrange("queue:default", 0, -1) == [b"stored at tail", b"stored at head"]
+
+
+def test_stop_releases_the_lease_and_the_registry_unless_jobs_are_held(redis: redis_lib.Redis) -> None:
     fetch = ReliableFetch(Client(redis), lease=5)
     fetch.watch("default")
     fetch.start()
@@ -88,6 +122,12 @@ def test_stop_releases_the_lease_and_the_registry(redis: redis_lib.Redis) -> Non
     fetch.stop()
     assert not redis.exists(fetch.lease_key)
     assert not redis.hexists(fetch.registry, fetch.inflight("default"))
+    push(redis, "A", [1])
+    holder = ReliableFetch(Client(redis), lease=5)
+    holder.watch("default")
+    holder.fetch(["default"], 1)
+    holder.stop()  # Redis is up, but say the requeue had failed: recovery must still find it
+    assert redis.exists(holder.lease_key) and redis.hexists(holder.registry, holder.inflight("default"))
 
 
 payloads = st.one_of(
@@ -159,7 +199,7 @@ def test_a_job_longer_than_every_timeout_runs_exactly_once_with_two_workers(cele
     Client(redis).push(jobs.build("bridge.sleep", [7]))  # 3.5 leases, many recovery rounds
     wait_for(lambda: redis.llen("results:bridge.sleep") >= 1, timeout=30, message="the long job started")
     wait_for(lambda: redis.get("done:bridge.sleep"), timeout=30, message="the long job finished")
-    wait_for(lambda: not any(redis.llen(k) for k in redis.keys("celery-sidekiq:inflight:*")), timeout=10, message="ack flushed")
+    wait_for(lambda: not any(redis.hlen(k) for k in redis.keys("celery-sidekiq:inflight:*")), timeout=10, message="ack flushed")
     assert redis.llen("results:bridge.sleep") == 1
     assert redis.llen("queue:default") == 0
 
@@ -175,6 +215,6 @@ def test_sigterm_puts_prefetched_jobs_back_at_the_head(celery_worker: Any, redis
     back = [r.decode() for r in redis.lrange("queue:default", 0, -1)]
     # every job either ran or is back in its queue, byte for byte, none in flight
     assert sorted(back + [r for r in raws if jobs.parse(r)["args"][0] in started]) == sorted(raws)
-    assert all(not redis.llen(k) for k in redis.keys("celery-sidekiq:inflight:*"))
+    assert all(not redis.hlen(k) for k in redis.keys("celery-sidekiq:inflight:*"))
     # the unstarted ones keep their order, the oldest at the head (BRPOP end)
     assert back == [r for r in raws if jobs.parse(r)["args"][0] not in started][::-1]

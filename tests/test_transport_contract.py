@@ -100,10 +100,10 @@ def test_a_job_arrives_as_a_celery_message_and_its_ack_clears_it(connection: Con
     assert message.headers["id"] == "c65c0a3b81d5e7e3c5a748cf"
     assert json.loads(message.body)[0] == [1, {"a": "b"}]
     inflight = channel.fetcher.inflight("default")
-    assert redis.llen(inflight) == 1 and redis.llen("queue:default") == 0
+    assert redis.hlen(inflight) == 1 and redis.llen("queue:default") == 0
     message.ack()
     channel.fetcher.flush_acks()  # acks ride along with the next fetch; flush for the test
-    assert redis.llen(inflight) == 0 and redis.llen("queue:default") == 0
+    assert redis.hlen(inflight) == 0 and redis.llen("queue:default") == 0
 
 
 def test_an_unacked_job_goes_back_to_the_head_of_its_queue_byte_for_byte(broker_url: str, redis: redis_lib.Redis) -> None:
@@ -181,7 +181,7 @@ def test_namespace_prefixes_every_key(broker_url: str, redis: redis_lib.Redis) -
         assert redis.llen("ns:queue:default") == 1
         assert redis.zcard("ns:schedule") == 1
         channel.basic_get("default")
-        assert redis.llen(channel.fetcher.inflight("default")) == 1
+        assert redis.hlen(channel.fetcher.inflight("default")) == 1
         assert channel.fetcher.inflight("default").startswith("ns:")
     assert not [k for k in redis.keys("*") if not k.startswith(b"ns:")]
 

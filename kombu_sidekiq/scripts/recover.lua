@@ -1,31 +1,55 @@
 -- Give the in-flight jobs of dead workers back to their queues.
 --
--- A worker holds a lease key that it refreshes while it lives; when the lease has expired
--- (kill -9, OOM, a lost host), its in-flight lists are moved back, each job to the head of
--- its queue, oldest first in line, byte for byte as it was fetched. Live workers are never
--- touched, however long their jobs run: there is no visibility timeout.
+-- A worker holds a lease key that it renews while it lives; when the lease has expired
+-- (kill -9, OOM, a lost host), its in-flight hashes and landing lists go back to the head of
+-- their queues, oldest first in line, byte for byte as they were fetched. Live workers are
+-- never touched, however long their jobs run: there is no visibility timeout.
 --
--- The list, lease and queue keys are read from the registry, so this script touches keys
--- it was not given: fine on one Redis or Sentinel, not on Redis Cluster (Sidekiq does not
--- support Cluster either).
+-- The lease, queue and landing keys are read from the registry, so this script touches keys
+-- it was not given: fine on one Redis or behind Sentinel, not on Redis Cluster (which Sidekiq
+-- does not support either).
 --
--- KEYS[1]  the in-flight registry HASH (in-flight list -> lease key "\n" queue key)
+-- KEYS[1]  the in-flight registry HASH (in-flight hash -> "lease\nqueue\nlanding")
 -- Returns the number of jobs put back.
+local function split(value)
+  local parts = {}
+  for part in string.gmatch(value, '[^\n]+') do
+    parts[#parts + 1] = part
+  end
+  return parts[1], parts[2], parts[3]
+end
+
+-- RPUSH in chunks: Lua's unpack has a stack limit.
+local function push_head(queue, items)
+  for first = 1, #items, 1000 do
+    redis.call('RPUSH', queue, unpack(items, first, math.min(first + 999, #items)))
+  end
+end
+
 local entries = redis.call('HGETALL', KEYS[1])
 local moved = 0
 for i = 1, #entries, 2 do
-  local inflight, value = entries[i], entries[i + 1]
-  local sep = string.find(value, '\n', 1, true)
-  local lease, queue = string.sub(value, 1, sep - 1), string.sub(value, sep + 1)
+  local inflight = entries[i]
+  local lease, queue, landing = split(entries[i + 1])
   if redis.call('EXISTS', lease) == 0 then
-    while true do
-      -- LPOP takes the newest; each RPUSH lands behind the previous one at the head end,
-      -- so the oldest ends nearest the head and is taken first again.
-      local item = redis.call('LPOP', inflight)
-      if not item then break end
-      redis.call('RPUSH', queue, item)
-      moved = moved + 1
+    -- Newest first: RPUSHed in that order, the oldest ends nearest the head (the BRPOP end).
+    local fields = redis.call('HGETALL', inflight)
+    local numbered = {}
+    for f = 1, #fields, 2 do
+      numbered[#numbered + 1] = { tonumber(fields[f]), fields[f + 1] }
     end
+    table.sort(numbered, function(a, b) return a[1] > b[1] end)
+    -- A landing list holds what an idle BRPOPLPUSH took and no fetch recorded yet: the
+    -- newest of all, newest at its left end, so LRANGE gives them newest first too.
+    local items = redis.call('LRANGE', landing, 0, -1)
+    for _, pair in ipairs(numbered) do
+      items[#items + 1] = pair[2]
+    end
+    if #items > 0 then
+      push_head(queue, items)
+      moved = moved + #items
+    end
+    redis.call('DEL', inflight, landing)
     redis.call('HDEL', KEYS[1], inflight)
   end
 end
