@@ -157,3 +157,20 @@ def test_job_to_message_keeps_the_raw_job_byte_for_byte(extra: dict[str, Any]) -
     raw = jobs.dumps(job)
     message = codec.message_from_job(jobs.parse(raw), raw, "default", REGISTRY)
     assert message["properties"][codec.RAW_JOB_PROPERTY] == raw
+
+
+@given(
+    args=st.lists(json_values, max_size=4),
+    klass=st.text(min_size=1, max_size=20),
+    queue=st.text(min_size=1, max_size=12),
+    kwargs=st.dictionaries(st.text(min_size=1, max_size=6), json_values, max_size=3),
+)
+def test_job_to_message_to_job_keeps_class_args_queue_and_jid(args: list[Any], klass: str, queue: str, kwargs: dict[str, Any]) -> None:
+    """What a worker receives and republishes (a retry, a chain step) is the same job."""
+    extra = {codec.EXTENSION_KEY: {"kwargs": kwargs}} if kwargs else None
+    job = jobs.build(klass, args, queue=queue, extra=extra)
+    raw = jobs.dumps(job)
+    envelope = codec.message_from_job(jobs.parse(raw), raw, queue, REGISTRY)
+    again = codec.job_from_message(envelope, queue, REGISTRY)
+    assert (again["class"], again["args"], again["queue"], again["jid"]) == (klass, args, queue, job["jid"])
+    assert again.get(codec.EXTENSION_KEY, {}).get("kwargs", {}) == kwargs
