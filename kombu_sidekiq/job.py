@@ -112,8 +112,13 @@ def validate(job: Any) -> None:
     klass = job.get("class")
     if not isinstance(klass, str) or not klass:
         raise InvalidJob("the job has no 'class' string")
-    if not isinstance(job.get("args"), list):
-        raise InvalidJob(f"'args' must be a JSON array, not {_json_type(job.get('args'))}")
+    # rusty-sidekiq's periodic jobs carry an explicit "args": null for "no args"; an absent
+    # key is no job at all.
+    if "args" not in job:
+        raise InvalidJob("the job has no 'args' array")
+    args = job["args"]
+    if args is not None and not isinstance(args, list):
+        raise InvalidJob(f"'args' must be a JSON array, not {_json_type(args)}")
     for key in ("queue", "jid"):
         if key in job and not isinstance(job[key], str):
             raise InvalidJob(f"'{key}' must be a string, not {_json_type(job[key])}")

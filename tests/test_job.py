@@ -56,7 +56,8 @@ def test_timestamps_of_every_writer_read_as_the_same_second() -> None:
         (b'{"class": "", "args": []}', "no 'class'"),
         (b'{"class": 5, "args": []}', "no 'class'"),
         (b'{"class": "A", "args": {"a": 1}}', "'args' must be a JSON array, not object"),
-        (b'{"class": "A"}', "'args' must be a JSON array, not null"),
+        (b'{"class": "A"}', "no 'args'"),
+        (b'{"class": "A", "args": 5}', "'args' must be a JSON array, not number"),
         (b'{"class": "A", "args": [], "queue": 3}', "'queue' must be a string"),
         (b'{"class": "A", "args": [], "jid": null}', "'jid' must be a string"),
         (b'{"class": "A", "args": [], "retry": "yes"}', "'retry' must be true, false or an integer"),
@@ -136,3 +137,9 @@ json_values = st.recursive(
 def test_dump_then_parse_is_identity(args: list[object], extra: dict[str, object]) -> None:
     job = jobs.build("Some::Class", args, extra={k: v for k, v in extra.items() if k not in jobs.TIMESTAMP_KEYS + ("class", "args", "queue", "jid", "retry")})
     assert jobs.parse(jobs.dumps(job)) == job
+
+
+def test_rusty_sidekiqs_null_args_mean_no_args() -> None:
+    # rusty-sidekiq's periodic jobs are pushed with "args": null (rusty-sidekiq.md section 3)
+    job = jobs.parse(b'{"class":"A","args":null,"queue":"default","jid":"0123456789abcdef01234567","retry":false,"created_at":1700000000.0}')
+    assert job["args"] is None
