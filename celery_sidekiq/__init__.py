@@ -14,7 +14,7 @@ Importing this package registers the broker URL schemes ``sidekiq://`` and ``sid
     def my_worker(user_id, note): ...
 """
 
-import kombu_sidekiq  # noqa: F401  (registers sidekiq:// and sidekiqs://)
+import kombu_sidekiq
 
 from .app import Config, config_of, setup
 

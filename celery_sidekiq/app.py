@@ -14,19 +14,45 @@ Options (all keyword-only):
 ``poll_interval``    (default 5.0) average seconds between polls of ``schedule`` and ``retry``.
 ``poller``           (default True) run the scheduled-job poller inside each worker.
 ``default_queue``    (default "default", Sidekiq's) the queue of tasks that name none.
+``fetch_lease``      (default 40.0) seconds after a worker died (kill -9, OOM, lost host) before
+                     its in-flight jobs go back to their queues; live workers renew it from a
+                     thread, so a job is never handed to a second worker while the first runs.
+``heartbeat``        (default True) register each worker as a Sidekiq process: ``processes``,
+                     its work hash, ``stat:*`` and UI signals (see ``celery_sidekiq.heartbeat``).
+``beat_interval``    (default 5.0, Sidekiq 6's pace) seconds between heartbeats; keep it well
+                     under the 60 s TTL of the process entry.
+``max_retries``      (default 25, Sidekiq's) retries of a failed ``retry: true`` job before it
+                     goes to the dead set; ``retry: N`` in a job overrides it.
+``unknown_class``    (default "retry") a job whose class no task runs fails as in sidekiq.rb
+                     (retry set with backoff, then dead); "requeue" returns it to the end of its
+                     queue for another consumer (see ``celery_sidekiq.retry``).
+``middleware``       (default ()) server middleware around every job a worker runs: callables
+                     ``(job, call_next) -> result`` (see ``celery_sidekiq.middleware``).
+``max_payload_bytes`` (default 0: no cap) the largest job, in bytes of JSON: a producer gets
+                     ``PayloadTooLarge``, a worker moves a bigger job untouched to the dead set.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
-from celery import Celery
-from kombu_sidekiq.job import DEFAULT_SIDEKIQ_VERSION
-from kombu_sidekiq.transport import SUPPORTED_VERSIONS
+import redis
+from celery import Celery, bootsteps
+from kombu.exceptions import OperationalError
 
+from kombu_sidekiq.fetch import DEFAULT_LEASE
+from kombu_sidekiq.job import DEFAULT_SIDEKIQ_VERSION
+from kombu_sidekiq.transport import SUPPORTED_VERSIONS, authentication_failure
+
+from .heartbeat import DEFAULT_BEAT_INTERVAL, HeartbeatStep
+from .middleware import Middleware, check
 from .registry import CeleryRegistry
+from .retry import DEFAULT_MAX_RETRIES, UNKNOWN_CLASS_MODES, JobsStep, Processor, attach
 from .scheduled import DEFAULT_POLL_INTERVAL, PollerStep
+from .unique import install as install_unique
 
 #: Serializers the sidekiq transport refuses: Ruby reads JSON only, and nothing from a payload
 #: may be imported or resolved.
@@ -42,8 +68,26 @@ class Config:
     poll_interval: float = DEFAULT_POLL_INTERVAL
     poller: bool = True
     default_queue: str = "default"
+    fetch_lease: float = DEFAULT_LEASE
+    heartbeat: bool = True
+    beat_interval: float = DEFAULT_BEAT_INTERVAL
+    max_retries: int = DEFAULT_MAX_RETRIES
+    unknown_class: str = "retry"
+    middleware: tuple[Middleware, ...] = ()
+    max_payload_bytes: int = 0
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "middleware", check(self.middleware))  # a list is fine too
+        if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
+            raise ValueError(f"setup(max_retries={self.max_retries!r}): use a whole number >= 0")
+        if self.max_retries < 0:
+            raise ValueError(f"setup(max_retries={self.max_retries!r}): use a whole number >= 0")
+        if self.unknown_class not in UNKNOWN_CLASS_MODES:
+            raise ValueError(
+                f"setup(unknown_class={self.unknown_class!r}): use 'retry' (fail as sidekiq.rb "
+                "does: retry set, then dead) or 'requeue' (back to its queue for a consumer "
+                "that has the class)"
+            )
         if self.sidekiq_version not in SUPPORTED_VERSIONS:
             raise ValueError(
                 f"setup(sidekiq_version={self.sidekiq_version!r}): use one of "
@@ -56,8 +100,15 @@ class Config:
             )
         if not self.poll_interval > 0:
             raise ValueError(f"setup(poll_interval={self.poll_interval!r}): use seconds > 0")
+        if not 0 < self.beat_interval <= 30:
+            raise ValueError(f"setup(beat_interval={self.beat_interval!r}): use seconds in (0, 30]")
+        if not self.fetch_lease >= 2:
+            raise ValueError(f"setup(fetch_lease={self.fetch_lease!r}): use seconds >= 2")
         if not self.default_queue:
             raise ValueError("setup(default_queue=''): name a queue, such as 'default'")
+        cap = self.max_payload_bytes
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+            raise ValueError(f"setup(max_payload_bytes={cap!r}): use a byte count, 0 for no cap")
 
 
 _CONFIG_ATTR = "_celery_sidekiq_config"
@@ -81,17 +132,39 @@ def setup(app: Celery, **options: Any) -> Celery:
     conf.accept_content = ["json"]
     conf.result_accept_content = ["json"]
     conf.task_protocol = 2
+    # At least once, as reliable fetch promises: a job is acknowledged after it ran, and one
+    # whose pool process died goes back to its queue. Override after setup() to opt out.
+    conf.task_acks_late = True
+    conf.task_reject_on_worker_lost = True
     if conf.task_default_queue == "celery":  # Celery's default; Sidekiq's is "default"
         conf.task_default_queue = config.default_queue
+    registry = CeleryRegistry(app)
+    processor = Processor(
+        app,
+        registry,
+        version=config.sidekiq_version,
+        max_retries=config.max_retries,
+        unknown_class=config.unknown_class,
+        middleware=config.middleware,
+    )
     transport_options = dict(conf.broker_transport_options or {})
     transport_options.update(
         namespace=config.namespace,
         sidekiq_version=config.sidekiq_version,
-        sidekiq_registry=CeleryRegistry(app),
+        sidekiq_registry=registry,
+        sidekiq_intake=processor.unknown,
+        fetch_lease=config.fetch_lease,
+        max_payload_bytes=config.max_payload_bytes,
     )
     conf.broker_transport_options = transport_options
     if config.poller:
         app.steps["worker"].add(PollerStep)
+    if config.heartbeat:
+        app.steps["worker"].add(HeartbeatStep)
+    app.steps["worker"].add(JobsStep)
+    app.steps["worker"].add(BrokerCheck)
+    attach(app, processor)
+    install_unique(app)
     return app
 
 
@@ -109,3 +182,48 @@ def config_of(app: Celery) -> Config:
     """The :class:`Config` ``setup`` stored on ``app`` (defaults if setup was not called)."""
     config = getattr(app, _CONFIG_ATTR, None)
     return config if isinstance(config, Config) else Config()
+
+
+#: sysexits.h's EX_CONFIG: the worker's configuration is wrong.
+EX_CONFIG = 78
+
+#: TLS options (``broker_use_ssl`` or the URL's query) that name files.
+SSL_FILE_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path")
+
+
+class BrokerCheck(bootsteps.Step):  # type: ignore[misc]
+    """Stops a worker at startup, saying what to change, when its broker settings cannot work:
+    a TLS file that does not exist, or a user or password that Redis refuses.
+
+    Celery retries both like a network outage (100 times, minutes of log lines) with messages
+    that hide the cause ("Error 2 connecting to host:port. No such file or directory."). Once
+    the worker runs, a refused login (a password rotated on the server) is retried as usual.
+    """
+
+    label = "sidekiq broker check"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        # Here rather than in start(): this runs before any other step has touched Redis.
+        with worker.app.connection_for_read() as connection:
+            problem = _missing_ssl_file(connection) or _refused_login(connection)
+        if problem:
+            logging.getLogger(__name__).critical("%s", problem)
+            raise SystemExit(EX_CONFIG)
+
+
+def _missing_ssl_file(connection: Any) -> str | None:
+    options = connection.ssl if isinstance(connection.ssl, dict) else {}
+    for name in SSL_FILE_OPTIONS:
+        path = options.get(name)
+        if path and not os.path.exists(path):
+            return f"TLS option {name}={path!r}: no such file; fix broker_use_ssl or the broker URL"
+    return None
+
+
+def _refused_login(connection: Any) -> str | None:
+    try:
+        connection.ensure_connection(max_retries=0)  # one try, no waiting
+    except OperationalError as exc:
+        if isinstance(exc.__cause__, redis.AuthenticationError):
+            return str(authentication_failure(connection, exc.__cause__))
+    return None  # connected, or Redis away: the consumer retries as usual

@@ -14,12 +14,18 @@ from __future__ import annotations
 from typing import Any, Final
 
 from celery import Celery
+
 from kombu_sidekiq.codec import JobOptions
+
+from .activejob import register_wrapper_tasks
 
 #: The Sidekiq job options a task may set in ``sidekiq_options``; each becomes a job key.
 TASK_OPTIONS: Final = frozenset(
     {"retry", "retry_queue", "backtrace", "tags", "dead", "unique_for", "unique_until"}
 )
+
+#: Sidekiq options a task may also set as plain task options (``@app.task(unique_for=60)``).
+PLAIN_TASK_OPTIONS: Final = ("unique_for", "unique_until")
 
 
 class CeleryRegistry:
@@ -29,6 +35,7 @@ class CeleryRegistry:
         self.app = app
         self._classes: dict[str, str] = {}
         self._seen = -1
+        register_wrapper_tasks(app)  # the tasks of ActiveJob jobs that cannot be unwrapped
 
     def task_for(self, klass: str) -> str:
         """The task that runs ``klass``: one declaring it as ``sidekiq_class``, else its name."""
@@ -64,6 +71,9 @@ def sidekiq_options(task: Any) -> dict[str, Any]:
             f"task {task.name!r}: unknown sidekiq_options {sorted(unknown)}; "
             f"known: {sorted(TASK_OPTIONS)}"
         )
+    for name in PLAIN_TASK_OPTIONS:  # also plain task options: @app.task(unique_for=3600)
+        if getattr(task, name, None) is not None:
+            options.setdefault(name, getattr(task, name))
     retry = options.get("retry", True)
     if isinstance(retry, bool) or (isinstance(retry, int) and retry >= 0):
         return options

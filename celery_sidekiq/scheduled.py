@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from celery import bootsteps
 from kombu import Connection
+
 from kombu_sidekiq.client import Client
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,9 @@ DEFAULT_POLL_INTERVAL: Final = 5.0
 class Poller:
     """Polls in a daemon thread: ``start()``, ``stop()``; ``enqueue()`` polls once, now."""
 
-    def __init__(self, client: Callable[[], Client], interval: float = DEFAULT_POLL_INTERVAL) -> None:
+    def __init__(
+        self, client: Callable[[], Client], interval: float = DEFAULT_POLL_INTERVAL
+    ) -> None:
         if interval <= 0:
             raise ValueError(f"poll_interval must be > 0 seconds, not {interval!r}")
         self._client = client

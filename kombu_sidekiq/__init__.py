@@ -1,7 +1,7 @@
 """Sidekiq's wire format for kombu: the job model, the codec, and the ``sidekiq://`` transport.
 
-Importing this package registers the broker URL schemes ``sidekiq://`` and ``sidekiqs://`` (TLS)
-with kombu. It never imports Celery.
+Importing this package registers the broker URL schemes ``sidekiq://``, ``sidekiqs://`` (TLS)
+and ``sidekiq-sentinel://`` (Redis Sentinel) with kombu. It never imports Celery.
 
 >>> import kombu_sidekiq
 >>> from kombu import Connection
@@ -33,3 +33,4 @@ __version__ = "0.1.0"
 
 TRANSPORT_ALIASES.setdefault("sidekiq", "kombu_sidekiq.transport:Transport")
 TRANSPORT_ALIASES.setdefault("sidekiqs", "kombu_sidekiq.transport:TLSTransport")
+TRANSPORT_ALIASES.setdefault("sidekiq-sentinel", "kombu_sidekiq.transport:SentinelTransport")

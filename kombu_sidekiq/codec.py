@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from collections.abc import Callable
 from typing import Any, Final, Protocol
 
+from kombu.utils import json as kombu_json
+
+from . import activejob, unique
 from . import job as jobs
 from .job import Job
 
@@ -30,6 +33,21 @@ EXTENSION_KEY: Final = "celery"
 
 #: The message property carrying the original job JSON of a consumed job.
 RAW_JOB_PROPERTY: Final = "sidekiq_job"
+
+#: The message property of a retry: the failed job (every original key, plus Sidekiq's failure
+#: fields) that goes to the ``retry`` ZSET at the message's ETA, instead of a new job built
+#: from the message. ``celery_sidekiq`` sets it on ``Task.retry``'s republish.
+RETRY_JOB_PROPERTY: Final = "sidekiq_retry_job"
+
+#: Sidekiq classes that wrap another job, and how to unwrap one: the class whose task runs it,
+#: its args and kwargs, extra headers. Today: ActiveJob's wrappers (:mod:`.activejob`).
+UNWRAPPERS: Final[dict[str, Callable[[Job], activejob.Unwrapped]]] = dict.fromkeys(
+    activejob.WRAPPER_CLASSES, activejob.unwrap
+)
+
+#: The header saying why a wrapper job could not be unwrapped. The job then goes to the task of
+#: the wrapper class itself, which raises the reason when the job runs.
+UNWRAP_ERROR_HEADER: Final = "sidekiq_unwrap_error"
 
 #: Per-call Sidekiq options a producer may pass to ``apply_async``; they become job keys.
 #: ``sidekiq_retry`` stands for Sidekiq's ``retry``, because Celery's ``apply_async(retry=...)``
@@ -149,6 +167,10 @@ def job_from_message(
     extension = _extension(headers, props, kwargs, embed, task_id, jid)
     extra = dict(options.extra)
     extra.update({key: props[key] for key in CALL_OPTIONS if props.get(key) is not None})
+    try:
+        unique.normalize(extra)  # unique_for as whole seconds: Sidekiq Enterprise reads it too
+    except ValueError as exc:
+        raise CodecError(f"task {options.klass!r}: {exc}") from None
     if extension:
         extra[EXTENSION_KEY] = extension
     retry = props.get("sidekiq_retry")
@@ -223,6 +245,34 @@ def _meaningful(key: str, value: Any, task_id: str) -> bool:
     return not (key == "root_id" and value == task_id)
 
 
+def retry_job(carried: str, body: Any) -> Job:
+    """The job a retry message carries (:data:`RETRY_JOB_PROPERTY`), with the message's args.
+
+    Celery's ``retry(args=..., kwargs=...)`` may change the arguments: they are taken from the
+    message body; every other key is the carried job's, in its order.
+
+    >>> job = retry_job('{"class":"A","args":[1],"retry_count":0,"bid":"b"}', [[2], {}, {}])
+    >>> job["args"], job["retry_count"], job["bid"]
+    ([2], 0, 'b')
+    """
+    job = jobs.parse(carried)
+    if job["class"] in UNWRAPPERS:
+        return job  # the body holds the decoded inner args; the job keeps its envelope
+    args, kwargs, _ = _split_body(body)
+    job["args"] = list(args)
+    ext = job.get(EXTENSION_KEY)
+    ext = dict(ext) if isinstance(ext, dict) else {}
+    if kwargs:
+        ext["kwargs"] = kwargs
+    else:
+        ext.pop("kwargs", None)
+    if ext:
+        job[EXTENSION_KEY] = ext
+    else:
+        job.pop(EXTENSION_KEY, None)
+    return job
+
+
 def message_from_job(job: Job, raw: str, queue: str, registry: Registry) -> dict[str, Any]:
     """The kombu envelope a consumer receives for ``job`` (read from ``raw``) on ``queue``."""
     ext = job.get(EXTENSION_KEY)
@@ -254,8 +304,11 @@ def message_from_job(job: Job, raw: str, queue: str, registry: Registry) -> dict
         headers.update(extra_headers)
     embed = {key: ext.get(key) for key in _EMBED_KEYS}
     kwargs = ext.get("kwargs") if isinstance(ext.get("kwargs"), dict) else {}
+    body = json.dumps([job["args"] or [], kwargs, embed])
+    if job["class"] in UNWRAPPERS:
+        body = _unwrap(job, embed, headers, registry) or body
     return {
-        "body": json.dumps([job["args"], kwargs, embed]),
+        "body": body,
         "content-encoding": "utf-8",
         "content-type": "application/json",
         "headers": headers,
@@ -270,6 +323,28 @@ def message_from_job(job: Job, raw: str, queue: str, registry: Registry) -> dict
             RAW_JOB_PROPERTY: raw,
         },
     }
+
+
+def _unwrap(
+    job: Job, embed: dict[str, Any], headers: dict[str, Any], registry: Registry
+) -> str | None:
+    """The body of the job a wrapper job carries; its task and headers go into ``headers``.
+
+    Nothing may raise here, as the job is already off its queue: a job that cannot be unwrapped
+    gives None and the reason in :data:`UNWRAP_ERROR_HEADER`, and runs as its wrapper class,
+    whose task raises the reason. So it fails, is retried and dies like any failing job. The
+    body is kombu's JSON, which carries the decoded values JSON lacks (dates, GlobalIDs...).
+    """
+    try:
+        inner = UNWRAPPERS[job["class"]](job)
+        body = kombu_json.dumps([inner.args, inner.kwargs, embed])
+    except Exception as exc:
+        reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        headers[UNWRAP_ERROR_HEADER] = reason
+        return None
+    headers["task"] = registry.task_for(inner.klass)
+    headers.update(inner.headers)
+    return str(body)
 
 
 def sample_message(task: str, args: list[Any], kwargs: dict[str, Any] | None = None) -> dict[str, Any]:

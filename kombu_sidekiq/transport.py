@@ -1,22 +1,26 @@
 """The kombu transport behind ``sidekiq://`` and ``sidekiqs://`` (TLS).
 
 This is the only module that touches kombu's private internals. It subclasses kombu's Redis
-``Channel`` and ``Transport`` (pinned: kombu 5.7.x) and keeps their machinery (the BRPOP poller,
-the event-loop integration, ack emulation, fanout over PUB/SUB) while changing where task
-messages live and what they look like:
+``Channel`` and ``Transport`` (pinned: kombu 5.7.x) and keeps their machinery (the poller and
+its event-loop integration, fanout over PUB/SUB) while changing where task messages live, what
+they look like and how they are acknowledged:
 
 * a Celery task message for queue ``q`` is written as a Sidekiq job: ``SADD queues q`` and
   ``LPUSH queue:q`` in one round trip, or ``ZADD schedule`` when it has an ETA;
 * every other message (remote-control replies, rpc results) stays a kombu envelope under kombu's
   own key for that queue, so Sidekiq never sees Celery's internal traffic;
-* consumers BRPOP both keys of each queue, and a job is turned into the envelope kombu would have
-  read, carrying its original JSON so that a restore pushes it back byte for byte.
+* consumers take jobs with reliable fetch (``fetch.py``): a job moves into the worker's in-flight
+  list in the same Redis step that takes it, and leaves it when acknowledged; kombu's
+  ``unacked`` hash and its visibility timeout are not used;
+* a job is turned into the envelope kombu would have read, carrying its original JSON so that a
+  restore pushes it back byte for byte.
 
 The kombu internals used (contract-tested in ``tests/test_transport_contract.py``):
-``Channel._brpop_start``/``_brpop_read`` (send-then-read BRPOP, ``_in_poll``,
-``_flush_brpop_reauth``), ``_get``, ``_put`` and its ``_publish_batch`` keyword, ``_q_for_pri``,
-``_size``, ``_purge``, ``_has_queue``, ``_do_restore_message``, ``_queue_cycle``,
-``from_transport_options``, the ``keyprefix_*`` key templates, ``connection._deliver`` and
+``Channel._brpop_start``/``_brpop_read`` (send a command, read its reply when the poller says
+so: ``_in_poll``, ``_brpop_sent_at``, ``_flush_brpop_reauth``), ``_get``, ``_put`` and its
+``_publish_batch`` keyword, ``_q_for_pri``, ``_size``, ``_purge``, ``_has_queue``, ``_restore``,
+``_queue_cycle``, ``auto_delete_queues``, ``from_transport_options``, the ``keyprefix_*`` key
+templates, ``virtual.QoS`` (``_delivered``, ``restore_unacked``), ``connection._deliver`` and
 ``Transport.Channel``.
 """
 
@@ -30,11 +34,16 @@ from typing import Any, Final
 
 import kombu
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from . import codec
+from . import codec, unique
 from . import job as jobs
 from .client import Client
+from .divert import Divert, Intake
+from .fetch import DEFAULT_LEASE, Destination, Fetched, ReliableFetch
 from .keys import Keys
 
 logger = logging.getLogger(__name__)
@@ -52,8 +61,55 @@ if tuple(int(part) for part in kombu.VERSION[:2]) != KOMBU_VERSION:  # pragma: n
     )
 
 
+#: The most items one fetch takes, when the consumer sets no prefetch limit.
+FETCH_BATCH: Final = 100
+
+#: The message property carrying a delivered job's field number in its worker's in-flight hash.
+TAG_PROPERTY: Final = "sidekiq_tag"
+
+
+class QoS(virtual.QoS):  # type: ignore[misc]
+    """Acks for reliable fetch: a job leaves its worker's in-flight list when acknowledged.
+
+    Nothing is written per delivery (the fetch already recorded it); acks are batched into the
+    next fetch; a reject without requeue sends the job to the dead set rather than losing it;
+    there is no visibility timeout to restore from.
+    """
+
+    def ack(self, delivery_tag: str) -> None:
+        message = self._delivered.get(delivery_tag)
+        if message is not None:
+            self.channel._ack_job(message)
+        super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        message = self._delivered.get(delivery_tag)
+        if message is not None:
+            if requeue:
+                self.channel._restore_at_beginning(message)
+            else:
+                self.channel._discard(message)
+        super().ack(delivery_tag)
+
+    def restore_unacked(self) -> list[Any]:
+        try:
+            self.channel._flush_acks()
+            return super().restore_unacked()  # type: ignore[no-any-return]
+        except self.channel.connection_errors as exc:
+            # They are safe in this worker's in-flight lists; once its lease expires, any
+            # worker's recovery puts them back. No emergency dump of what is not lost.
+            logger.warning("could not requeue held jobs now (%s); recovery will", exc)
+            self._delivered.clear()
+            return []
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
+        """No visibility timeout: jobs come back when their worker's lease expires."""
+
+
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
     """A kombu Redis channel whose task queues are Sidekiq queues."""
+
+    QoS = QoS
 
     #: One list per queue, as Sidekiq has: message priorities do not exist on this wire.
     priority_steps = [0]
@@ -67,17 +123,31 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     #: Maps task names to Sidekiq classes and back; ``None`` means task name == class.
     sidekiq_registry: codec.Registry | None = None
 
-    # kombu's own ack-emulation keys, renamed so they never mix with a native kombu setup
-    # sharing the database; the namespace is added in ``__init__``.
-    unacked_key = "celery-sidekiq:unacked"
-    unacked_index_key = "celery-sidekiq:unacked_index"
-    unacked_mutex_key = "celery-sidekiq:unacked_mutex"
+    #: Sees each fetched job before it is delivered, and may send it elsewhere instead
+    #: (``kombu_sidekiq.divert``); ``celery_sidekiq`` sets one for classes no task runs.
+    sidekiq_intake: Intake | None = None
+
+    #: Seconds a consumer's lease outlives its last refresh: how long after a worker died
+    #: its in-flight jobs wait before going back to their queues.
+    fetch_lease = DEFAULT_LEASE
+
+    #: Seconds between a live consumer's runs of recovery for dead workers' jobs
+    #: (``None``: a quarter of the lease, at most ``DEFAULT_RECOVER_INTERVAL``).
+    fetch_recover_interval: float | None = None
+
+    #: The largest job, in bytes of JSON, a producer may write or a consumer takes (0: no cap);
+    #: a bigger one is refused with PayloadTooLarge, or moved untouched to the dead set.
+    max_payload_bytes = 0
 
     from_transport_options = (
         *kombu_redis.Channel.from_transport_options,
         "namespace",
         "sidekiq_version",
         "sidekiq_registry",
+        "sidekiq_intake",
+        "fetch_lease",
+        "fetch_recover_interval",
+        "max_payload_bytes",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -85,14 +155,24 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._check_options()
         self.keys = Keys(self.namespace)
         self.registry: codec.Registry = self.sidekiq_registry or codec.ClassRegistry()
-        for name in ("unacked_key", "unacked_index_key", "unacked_mutex_key"):
-            setattr(self, name, self.keys.key(getattr(self, name)))
-        self.keyprefix_queue = self.keys.key(type(self).keyprefix_queue)
-        self.keyprefix_binding_permanent = self.keys.key(type(self).keyprefix_binding_permanent)
-        self.keyprefix_binding_deadlines = self.keys.key(type(self).keyprefix_binding_deadlines)
+        base = kombu_redis.Channel
+        self.keyprefix_queue = self.keys.key(base.keyprefix_queue)
+        self.keyprefix_binding_permanent = self.keys.key(base.keyprefix_binding_permanent)
+        self.keyprefix_binding_deadlines = self.keys.key(base.keyprefix_binding_deadlines)
         self._sidekiq: Client | None = None
+        self._fetch: ReliableFetch | None = None
+        self._no_ack_queues: set[str] = set()
+        self._poll: tuple[str, list[str]] = ("", [])
+        self._fetch_next = True
+        self._idle = False
+        self._block_turn = 0
 
     def _check_options(self) -> None:
+        if not self.ack_emulation:
+            raise ValueError(
+                "the sidekiq transport always acknowledges through reliable fetch; "
+                "remove the transport option 'ack_emulation'"
+            )
         if self.global_keyprefix:
             raise ValueError(
                 "the sidekiq transport does not take 'global_keyprefix': use the transport "
@@ -117,6 +197,17 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             self._sidekiq = Client(self._create_client(), self.keys, self.sidekiq_version)
         return self._sidekiq
 
+    @property
+    def fetcher(self) -> ReliableFetch:
+        """This consumer's in-flight bookkeeping, made when it first consumes."""
+        if self._fetch is None:
+            self._fetch = ReliableFetch(
+                self.sidekiq, lease=self.fetch_lease, recover_interval=self.fetch_recover_interval
+            )
+        elif self._fetch.client is not self.sidekiq:
+            self._fetch.client = self.sidekiq
+        return self._fetch
+
     # -- where messages live ---------------------------------------------------------------
 
     def _q_for_pri(self, queue: str, pri: int) -> str:
@@ -127,65 +218,207 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     def _keys_for(self, queue: str) -> tuple[str, str]:
         return self.keys.queue(queue), self.keys.kombu(queue)
 
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        no_ack = kwargs.get("no_ack", args[0] if args else False)
+        if no_ack:
+            self._no_ack_queues.add(queue)
+        if queue not in self.auto_delete_queues:
+            self.fetcher.watch(queue)
+            self.fetcher.start()
+        return super().basic_consume(queue, *args, **kwargs)
+
     def _brpop_start(self, timeout: float | None = None) -> None:
+        """Send the next fetch; the poller reads the reply with ``_brpop_read``.
+
+        Busy: one script call takes a batch of jobs and carries the acks of the last one; it
+        waits until half the prefetch is free (unless nothing is held), so batches stay big.
+        Idle (the last fetch found nothing): block on one task queue at a time with
+        BRPOPLPUSH, which moves a job into this worker's landing list as it arrives. Queues of
+        kombu's own (replies, auto-deleted) are read with plain BRPOP.
+        """
         if timeout is None:
             timeout = self.brpop_timeout
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
-        keys = [key for queue in queues for key in self._keys_for(queue)]
+        task_queues = [queue for queue in queues if queue not in self.auto_delete_queues]
+        if not task_queues:
+            command = ["BRPOP", *(self.keys.kombu(queue) for queue in queues), timeout or 0]
+            self._poll = ("BRPOP", queues)
+        elif self._fetch_next or not timeout:
+            count = self._batch_size()
+            if not count:
+                return  # the poller asks again on its next tick
+            command = self.fetcher.fetch_command(queues, count, idle=self._idle)
+            self._poll = ("EVALSHA", queues)
+        else:
+            queue = task_queues[self._block_turn % len(task_queues)]
+            self._block_turn += 1
+            self.fetcher.flush_acks()  # idle: no fetch will carry them
+            command = self.fetcher.block_command(queue, max(timeout / len(task_queues), 0.1))
+            self._poll = ("BRPOPLPUSH", [queue])
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
-        self.client.connection.send_command("BRPOP", *keys, timeout or 0)
+        self.client.connection.send_command(*command)
+
+    def _batch_size(self) -> int:
+        """How many jobs the next fetch takes: 0 to wait for more room."""
+        room = self.qos.can_consume_max_estimate()
+        if room is None:  # no prefetch limit
+            return FETCH_BATCH
+        held = len(self.qos._delivered) - len(self.qos._dirty)
+        if held and room < (self.qos.prefetch_count + 1) // 2:
+            return 0
+        return int(min(room, FETCH_BATCH))
 
     def _brpop_read(self, **options: Any) -> bool:
+        kind, queues = self._poll
         try:
             try:
-                reply = self.client.parse_response(self.client.connection, "BRPOP", **options)
+                reply = self.client.parse_response(self.client.connection, kind, **options)
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
-            if not reply:
+            except kombu_redis.redis.exceptions.NoScriptError:
+                self.fetcher.load_scripts()  # Redis restarted or flushed its scripts
+                raise Empty() from None
+            if kind == "BRPOPLPUSH":  # a job landed (or the wait timed out): fetch records it
+                if reply:
+                    self.fetcher.landed()
+                self._fetch_next, self._idle = True, not reply
                 raise Empty()
-            key, item = bytes_to_str(reply[0]), reply[1]
-            queue, envelope = self._envelope(key, item)
-            if envelope is None:
+            items = self._items(kind, queues, reply)
+            self._fetch_next = bool(items) or kind != "EVALSHA"
+            self._idle = False
+            if not items:
                 raise Empty()
-            self._queue_cycle.rotate(queue)
-            self.connection._deliver(envelope, queue)
+            for item in items:
+                self._deliver_item(item)
             return True
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
 
+    def _items(self, kind: str, queues: list[str], reply: Any) -> list[Fetched]:
+        if not reply:
+            return []
+        if kind == "EVALSHA":
+            return self.fetcher.parse_fetch(queues, reply)
+        return [Fetched(self.keys.strip(bytes_to_str(reply[0])), 0, reply[1], False)]
+
+    def _deliver_item(self, item: Fetched) -> None:
+        envelope = self._envelope(item)
+        if envelope is None:
+            return
+        self._queue_cycle.rotate(item.queue)
+        self.connection._deliver(envelope, item.queue)
+        if item.is_job and item.queue in self._no_ack_queues:
+            self.fetcher.ack(item.queue, item.tag)
+
     def _get(self, queue: str) -> dict[str, Any]:
-        client = self.sidekiq.redis
-        for key in self._keys_for(queue):
-            item = client.rpop(key)
-            if item:
-                _, envelope = self._envelope(key, item)
-                if envelope is not None:
-                    return envelope
+        self.fetcher.start()  # a held message keeps its lease, as a consumed one does
+        for item in self.fetcher.fetch([queue], 1):
+            envelope = self._envelope(item)
+            if envelope is not None:
+                return envelope
         raise Empty()
 
-    def _envelope(self, key: str, item: bytes) -> tuple[str, dict[str, Any] | None]:
-        """The queue name and the kombu message for a popped item; None for a dead one."""
-        queue = self.keys.queue_name(key)
-        if queue is None:
-            return self.keys.strip(key), kombu_redis.loads(bytes_to_str(item))
-        raw = bytes_to_str(item)
-        try:
-            job = jobs.parse(raw)
-        except jobs.InvalidJob as exc:
-            self._bury(queue, raw, exc.reason)
-            return queue, None
-        return queue, codec.message_from_job(job, raw, queue, self.registry)
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        message = super().basic_get(queue, no_ack, **kwargs)
+        if message is not None and no_ack:
+            self._ack_job(message)
+        return message
 
-    def _bury(self, queue: str, raw: str, reason: str) -> None:
+    def _envelope(self, item: Fetched) -> dict[str, Any] | None:
+        """The kombu message for a fetched item; None for a job sent elsewhere (the dead set,
+        or wherever the intake said)."""
+        if not item.is_job:
+            return kombu_redis.loads(bytes_to_str(item.payload))  # type: ignore[no-any-return]
+        queue = item.queue
+        if (too_big := oversize(len(item.payload), self.max_payload_bytes)) is not None:
+            self._bury(item, too_big)  # before parsing: a huge payload costs nothing more
+            return None
+        try:
+            raw = item.payload.decode("utf-8")
+            job = jobs.parse(raw)
+        except UnicodeDecodeError as exc:
+            self._bury(item, f"not UTF-8 JSON: {exc}")
+            return None
+        except jobs.InvalidJob as exc:
+            self._bury(item, exc.reason)
+            return None
+        if self.sidekiq_intake is not None:
+            where = self.sidekiq_intake(queue, job, raw)
+            if where is not None:
+                self._divert(item, where)
+                return None
+        envelope = codec.message_from_job(job, raw, queue, self.registry)
+        envelope["properties"][TAG_PROPERTY] = item.tag
+        return envelope
+
+    def _divert(self, item: Fetched, where: Divert) -> None:
+        to: Destination = "tail" if where.target == "queue" else where.target
+        try:
+            self.fetcher.settle(item.queue, item.tag, to, where.payload, at=where.at)
+        except Exception as exc:
+            # Still in flight: it goes back to its queue when this worker stops, or when any
+            # worker recovers it after this one's lease expired. Nothing is lost.
+            logger.error(
+                "queue %r: could not move a job to %s (%s): %.200r",
+                item.queue, where.target, exc, item.payload,
+            )
+
+    def _bury(self, item: Fetched, reason: str) -> None:
         # sidekiq.rb sends a payload it cannot parse straight to the dead set, untouched;
         # a worker must never lose it and never stop over it.
-        logger.error("queue %r: moved an invalid job to the dead set (%s): %.200r", queue, reason, raw)
-        self.sidekiq.kill(raw)
+        logger.error(
+            "queue %r: invalid job moved to the dead set (%s): %.200r",
+            item.queue, reason, item.payload,
+        )
+        self.fetcher.settle(item.queue, item.tag, "dead", item.payload)
+
+    # -- acknowledgement (called by QoS) ---------------------------------------------------
+
+    @staticmethod
+    def _job_of(message: Any) -> tuple[str, int, str] | None:
+        """(queue, in-flight tag, job JSON) of a delivered job; None for a kombu message."""
+        properties = message.properties or {}
+        raw = properties.get(codec.RAW_JOB_PROPERTY)
+        tag = properties.get(TAG_PROPERTY)
+        if raw is None or tag is None:
+            return None
+        return message.delivery_info.get("routing_key") or "default", int(tag), raw
+
+    def _ack_job(self, message: Any) -> None:
+        job = self._job_of(message)
+        if job is not None:
+            self.fetcher.ack(job[0], job[1])
+
+    def _flush_acks(self) -> None:
+        if self._fetch is not None:
+            self._fetch.flush_acks()
+
+    def _discard(self, message: Any) -> None:
+        # A rejected job is kept for a human to look at, as Sidekiq keeps what it cannot run.
+        job = self._job_of(message)
+        if job is not None:
+            queue, tag, raw = job
+            logger.error("queue %r: the worker rejected job %.200r; it is in the dead set", queue, raw)
+            self.fetcher.settle(queue, tag, "dead", raw)
+
+    def _restore(self, message: Any, leftmost: bool = False) -> None:
+        job = self._job_of(message)
+        if job is not None:
+            queue, tag, raw = job
+            self.fetcher.settle(queue, tag, "tail" if leftmost else "head", raw)
+            return
+        push = self.sidekiq.redis.lpush if leftmost else self.sidekiq.redis.rpush
+        push(self.keys.kombu(message.delivery_info.get("routing_key")), kombu_redis.dumps(message._raw))
+
+    def close(self) -> None:
+        super().close()
+        if self._fetch is not None:
+            self._fetch.stop()
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         if not codec.is_task_message(message):
@@ -194,6 +427,16 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         batch = kwargs.pop("_publish_batch", None)
         body = codec.json_body(message, self.decode_body)
         at = codec.eta_of(message)
+        carried = (message.get("properties") or {}).get(codec.RETRY_JOB_PROPERTY)
+        if carried is not None:
+            # A worker retrying the job it ran (Celery's Task.retry): the failed job itself,
+            # every key kept, waits in `retry` like Sidekiq's own retries, not in `schedule`.
+            entry = {jobs.dumps(codec.retry_job(carried, body)): at or time.time()}
+            if batch is not None:
+                batch.add("zadd", self.keys.retry, entry)
+            else:
+                self.sidekiq.redis.zadd(self.keys.retry, entry)
+            return
         scheduled = at is not None and at > time.time()
         job = codec.job_from_message(
             message,
@@ -203,7 +446,19 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             version=self.sidekiq_version,
             scheduled=scheduled,
         )
+        if self.max_payload_bytes:
+            check_payload_size(job, self.max_payload_bytes)
+        lock = unique.lock_for(job, self.keys, at - time.time() if at and scheduled else 0.0)
+        if lock is not None:
+            # Lock and push in one script, now, so a duplicate raises DuplicateJob from
+            # apply_async; jobs batched before it go first, keeping their order.
+            if batch is not None:
+                batch.flush()
+            unique.push(self.sidekiq, job, lock, at if scheduled else None)
+            return
         payload = jobs.dumps(job)
+        if scheduled:
+            assert at is not None
         if batch is not None:
             if scheduled:
                 batch.add("zadd", self.keys.schedule, {payload: at})
@@ -229,26 +484,9 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         # Sidekiq list too; queue deletion (kombu's _delete) never touches it.
         with self.sidekiq.redis.pipeline() as pipe:
             for key in self._keys_for(queue):
-                pipe.llen(key).delete(key)
+                pipe.llen(key)
+                pipe.delete(key)
             return sum(pipe.execute()[::2])
-
-    def _do_restore_message(
-        self,
-        payload: dict[str, Any],
-        exchange: str,
-        routing_key: str,
-        pipe: Any,
-        leftmost: bool = False,
-    ) -> None:
-        properties = payload.get("properties") or {}
-        raw = properties.get(codec.RAW_JOB_PROPERTY)
-        if raw is None:
-            super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
-            return
-        # Back to the head of its queue (RPUSH, as sidekiq.rb requeues), or to the tail when
-        # rejected with requeue, exactly as it was read.
-        queue = properties.get("delivery_info", {}).get("routing_key") or routing_key
-        (pipe.lpush if leftmost else pipe.rpush)(self.keys.queue(queue), raw)
 
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
@@ -277,3 +515,183 @@ class TLSTransport(Transport):
 
     Channel = TLSChannel
 
+
+# -- payload cap -----------------------------------------------------------------------------
+
+
+class PayloadTooLarge(ValueError):
+    """A producer tried to enqueue a job over the ``max_payload_bytes`` cap."""
+
+
+def oversize(size: int, limit: int) -> str | None:
+    """Why a payload of ``size`` bytes breaks the cap ``limit`` (0: none), or None."""
+    if limit and size > limit:
+        return f"{size} bytes of JSON, over max_payload_bytes={limit}"
+    return None
+
+
+def check_payload_size(job: jobs.Job, limit: int) -> None:
+    """Refuse, before anything is written, a job whose JSON is over ``limit`` bytes.
+
+    >>> check_payload_size(jobs.build("HardJob", ["x" * 100]), 64)        # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    kombu_sidekiq.transport.PayloadTooLarge: HardJob for queue 'default' is ... bytes of JSON, ...
+    """
+    reason = oversize(len(jobs.dumps(job).encode()), limit)
+    if reason is not None:
+        raise PayloadTooLarge(
+            f"{job['class']} for queue {job['queue']!r} is {reason}: pass a reference to the "
+            "data (a key, a URL, a database id) instead of the data, or raise the cap "
+            "(setup(max_payload_bytes=...), transport option max_payload_bytes)"
+        )
+
+
+# -- refused credentials ---------------------------------------------------------------------
+
+
+class AuthenticationFailed(kombu_redis.redis.AuthenticationError):  # type: ignore[misc]
+    """Redis refused the broker URL's user or password; the message says where and what to do.
+
+    Still a redis-py ``AuthenticationError``, so kombu and Celery treat it as the connection
+    error it is: their retries pick up a password that is being rotated on the server.
+    """
+
+
+def authentication_failure(client: kombu.Connection, exc: BaseException) -> AuthenticationFailed:
+    """The error to raise for ``exc``, naming the user, the server and the fix.
+
+    >>> print(authentication_failure(kombu.Connection("sidekiq://bob:x@redis.local:6380/0"),
+    ...                              ValueError("WRONGPASS")))            # doctest: +ELLIPSIS
+    authentication failed for user 'bob' at redis.local:6380 (WRONGPASS): check the user name...
+    """
+    if isinstance(exc, AuthenticationFailed):
+        return exc  # explained already, deeper down
+    user = client.userid or "default"
+    scheme = client.transport_cls if isinstance(client.transport_cls, str) else "sidekiq"
+    where = f"{client.hostname}:{client.port or 6379}"
+    if scheme == "sidekiq-sentinel":
+        where = f"the master named by the sentinel at {client.hostname}:{client.port or 26379}"
+    return AuthenticationFailed(
+        f"authentication failed for user {user!r} at {where} "
+        f"({exc}): check the user name and password in the broker URL "
+        f"({scheme}://user:password@host:port/db; a password alone: {scheme}://:password@...) "
+        "and that user's ACL on the server"
+    )
+
+
+# -- Redis Sentinel ----------------------------------------------------------------------------
+
+
+def is_unblocked(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis's answer to a blocked command on a master being demoted.
+
+    >>> is_unblocked(ValueError("UNBLOCKED force unblock from blocking operation, ..."))
+    True
+    """
+    return str(exc).startswith("UNBLOCKED")
+
+
+#: URL schemes that name a sentinel in a ``;``-separated broker URL. kombu's own ``sentinel``
+#: is accepted beside ours so a URL can be switched over one scheme at a time.
+SENTINEL_SCHEMES: Final = ("sidekiq-sentinel", "sentinel")
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):  # type: ignore[misc]
+    """A channel whose Redis is the current master of a Sentinel-monitored group.
+
+    The MRO puts our Channel first (where Sidekiq jobs live, reliable fetch, acks) and kombu's
+    ``SentinelChannel`` next (the pool asks the sentinels for the master and reconnects to the
+    new one after a failover: a demoted master's READONLY replies count as connection errors).
+    """
+
+    from_transport_options = (
+        *Channel.from_transport_options,
+        *(
+            name
+            for name in kombu_redis.SentinelChannel.from_transport_options
+            if name not in Channel.from_transport_options
+        ),
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(*args, **kwargs)
+        except kombu_redis.redis.AuthenticationError as exc:
+            raise authentication_failure(self.connection.client, exc) from exc
+
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            return bool(super()._brpop_read(**options))
+        except self.ResponseError as exc:
+            if not is_unblocked(exc):
+                raise
+            # A failover demoted the master this fetch was waiting on. Redis says so with an
+            # error reply, not by closing the connection: make it the connection error it is,
+            # so Celery reconnects (to the new master) instead of dying of an unknown error.
+            self.client.connection.disconnect()
+            raise kombu_redis.redis.ConnectionError(str(exc)) from exc
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        params: dict[str, Any] = super()._connparams(asynchronous)
+        # kombu takes the db from the address in use, so `a;b/1` means db 0 until a reconnect
+        # switches to b. Here a /db written on any address holds for all of them.
+        dbs = {parts.path for parts in map(kombu_redis._parse_url, self.connection.client.alt)}
+        dbs.discard(None)
+        if len(dbs) > 1:
+            raise ValueError(f"the sentinel addresses name different dbs {sorted(dbs)}: use one")
+        if dbs:
+            params["db"] = self._prepare_virtual_host(dbs.pop())
+        return params
+
+    def _sentinel_addresses(self) -> list[tuple[str, int]]:
+        client, default_port = self.connection.client, self.connection.default_port
+        addresses = [
+            (parts.hostname, parts.port or default_port)
+            for parts in map(kombu_redis._parse_url, client.alt)  # [] for a one-address URL
+            if parts.scheme in SENTINEL_SCHEMES
+        ]
+        return addresses or [(client.hostname or "127.0.0.1", client.port or default_port)]
+
+    def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
+        # kombu's version keeps only the addresses written ``sentinel://``: with ours it would
+        # silently use the first sentinel alone. Same steps otherwise.
+        if not getattr(self, "master_name", None):
+            raise ValueError(
+                "sidekiq-sentinel:// needs the name of the monitored master: set the transport "
+                "option master_name (Celery: broker_transport_options={'master_name': 'mymaster'})"
+            )
+        params = self._connparams(asynchronous)
+        params.pop("host", None)
+        params.pop("port", None)
+        sentinel_kwargs = getattr(self, "sentinel_kwargs", None)
+        if sentinel_kwargs is None:
+            # The next sentinel in the list is the retry: with redis-py's default policy
+            # (3 retries, with backoff) a dead sentinel costs seconds on every reconnect.
+            sentinel_kwargs = {key: v for key, v in params.items() if key.startswith("socket_")}
+            sentinel_kwargs["retry"] = Retry(NoBackoff(), 0)
+        manager = kombu_redis.sentinel.Sentinel(
+            self._sentinel_addresses(),
+            min_other_sentinels=getattr(self, "min_other_sentinels", 0),
+            sentinel_kwargs=sentinel_kwargs,
+            **params,
+        )
+        # Kept so that _disconnect_pools closes the connections to the sentinels too.
+        if asynchronous:
+            self._async_sentinel_manager = manager
+        else:
+            self._sentinel_manager = manager
+        credentials = {key: params[key] for key in ("username", "password") if key in params}
+        master = manager.master_for(self.master_name, kombu_redis.redis.Redis, **credentials)
+        return master.connection_pool
+
+
+class SentinelTransport(Transport):
+    """``sidekiq-sentinel://host:26379[;sidekiq-sentinel://host2:26379...][/db]``.
+
+    The master's name goes in the transport option ``master_name``. The scheme has a ``-``
+    because kombu reads ``x+y://`` as transport ``x`` with ``y://`` for its host, and refuses
+    ``.`` and ``:`` in URL schemes.
+    """
+
+    Channel = SentinelChannel
+    default_port = kombu_redis.SentinelTransport.default_port

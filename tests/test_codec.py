@@ -174,3 +174,9 @@ def test_job_to_message_to_job_keeps_class_args_queue_and_jid(args: list[Any], k
     again = codec.job_from_message(envelope, queue, REGISTRY)
     assert (again["class"], again["args"], again["queue"], again["jid"]) == (klass, args, queue, job["jid"])
     assert again.get(codec.EXTENSION_KEY, {}).get("kwargs", {}) == kwargs
+
+
+def test_null_args_arrive_as_no_args() -> None:
+    raw = '{"class":"A","args":null,"queue":"default","jid":"0123456789abcdef01234567","retry":false,"created_at":1700000000.0}'
+    message = codec.message_from_job(jobs.parse(raw), raw, "default", REGISTRY)
+    assert json.loads(message["body"])[:2] == [[], {}]

@@ -5,7 +5,8 @@ Every task records what it received in the Redis list ``results:<task name>`` (J
 wait for it and compare values.
 
 Environment: ``BROKER_URL`` (a ``sidekiq://`` URL), ``RESULT_BACKEND`` (optional),
-``SIDEKIQ_SETUP`` (optional JSON of ``setup()`` options).
+``SIDEKIQ_SETUP`` (optional JSON of ``setup()`` options), ``BRIDGE_MIDDLEWARE`` (set: run
+the server middleware ``trace_jobs`` and ``gatekeeper`` below).
 """
 
 from __future__ import annotations
@@ -20,8 +21,31 @@ from celery import Celery
 
 import celery_sidekiq
 
+
+def trace_jobs(job: dict[str, Any], call_next: Any) -> Any:
+    """Middleware (BRIDGE_MIDDLEWARE=1), outermost: records what it saw in ``middleware:seen``."""
+    seen = {key: job.get(key) for key in ("class", "args", "jid", "queue", "retry")}
+    store.rpush("middleware:seen", json.dumps({**seen, "link": "trace", "pid": os.getpid()}))
+    return call_next()
+
+
+def gatekeeper(job: dict[str, Any], call_next: Any) -> Any:
+    """Middleware (BRIDGE_MIDDLEWARE=1), inner: first arg "skip" skips a job, "refuse" fails it."""
+    store.rpush("middleware:seen", json.dumps({"jid": job.get("jid"), "link": "gate"}))
+    first = job["args"][0] if job["args"] else None
+    if first == "skip":
+        return "skipped by middleware"
+    if first == "refuse":
+        raise PermissionError("refused by middleware")
+    return call_next()
+
+
 app = Celery("bridge_app", broker=os.environ["BROKER_URL"], backend=os.environ.get("RESULT_BACKEND"))
-celery_sidekiq.setup(app, **json.loads(os.environ.get("SIDEKIQ_SETUP") or '{"poll_interval": 0.5}'))
+celery_sidekiq.setup(
+    app,
+    **json.loads(os.environ.get("SIDEKIQ_SETUP") or '{"poll_interval": 0.5}'),
+    middleware=[trace_jobs, gatekeeper] if os.environ.get("BRIDGE_MIDDLEWARE") else [],
+)
 app.conf.worker_hijack_root_logger = False
 
 _redis_url = os.environ["BROKER_URL"].replace("sidekiq://", "redis://", 1).replace("sidekiqs://", "rediss://", 1)
@@ -77,4 +101,53 @@ def tsum(self: Any, numbers: list[int]) -> int:
 def sleep(self: Any, seconds: float) -> float:
     record(self, seconds)
     time.sleep(seconds)
+    store.incr(f"done:{self.name}")
     return seconds
+
+
+@app.task(bind=True, name="bridge.fail")
+def fail(self: Any, message: str = "boom from python") -> None:
+    """Always raises ValueError (failure counting, retry tests)."""
+    record(self, message)
+    raise ValueError(message)
+
+
+class PaymentDeclined(Exception):
+    """An application exception: its error_class is "bridge_app.PaymentDeclined"."""
+
+
+@app.task(bind=True, name="bridge.decline")
+def decline(self: Any, message: str = "card declined") -> None:
+    """Always raises bridge_app.PaymentDeclined (retry tests: qualified error_class)."""
+    record(self, message)
+    raise PaymentDeclined(message)
+
+
+@app.task(bind=True, name="bridge.retry_self", max_retries=2)
+def retry_self(self: Any, countdown: float = 1) -> None:
+    """Asks Celery for a retry on every run (self.retry with exc and countdown), max 2."""
+    record(self, countdown)
+    try:
+        raise LookupError(f"not ready yet (try {self.request.retries})")
+    except LookupError as exc:
+        raise self.retry(exc=exc, countdown=countdown) from exc
+
+
+@app.task(
+    bind=True,
+    name="bridge.autoretry",
+    autoretry_for=(ConnectionError,),
+    retry_kwargs={"countdown": 1},
+    max_retries=1,
+)
+def autoretry(self: Any) -> None:
+    """Fails with ConnectionError, which Celery's autoretry_for retries once."""
+    record(self)
+    raise ConnectionError("upstream unavailable")
+
+
+@app.task(bind=True, name="bridge.overrun", time_limit=1)
+def overrun(self: Any, seconds: float = 30) -> None:
+    """Sleeps past its 1 s hard time limit: prefork kills the child running it."""
+    record(self, seconds)
+    time.sleep(seconds)

@@ -1,0 +1,584 @@
+"""Sidekiq's retry semantics for the jobs a Celery worker runs: the ``retry`` and ``dead`` sets.
+
+When a task run from a Sidekiq job raises, the job goes back to Redis the way sidekiq.rb's
+``JobRetry`` puts it there, so the Web UI's Retries and Dead tabs (and their "Retry now",
+"Kill", "Delete") work on Python failures as on Ruby ones:
+
+* the original job, every key kept, plus ``error_message`` (at most 10,000 characters),
+  ``error_class`` (the exception's qualified name: ``ValueError``, ``billing.PaymentDeclined``),
+  ``failed_at`` on the first failure and ``retried_at`` on later ones, ``retry_count`` (0 on the
+  first failure), ``queue`` = the job's ``retry_queue`` if it has one, and ``error_backtrace``
+  when the job asks for ``backtrace`` (true: every line, N: the first N);
+* ``ZADD retry`` at now + Sidekiq's backoff for the configured ``sidekiq_version`` (count⁴ + 15 s
+  + jitter; see :func:`backoff`) while ``retry_count`` < the job's limit: ``retry: N``, or
+  ``setup(max_retries=...)`` (Sidekiq's 25) for ``retry: true``; the poller (ours or Ruby's)
+  brings it back when due;
+* else the job is exhausted and goes to ``dead``, trimmed as Sidekiq's morgue is (10,000 jobs,
+  180 days) — ``retry: 0`` on its first failure — unless it says ``dead: false``;
+* ``retry: false``: not retried and not kept, as in Sidekiq (Celery logs the failure).
+
+Celery's own retries, ``self.retry(countdown=...)`` and ``autoretry_for``, land in the same
+``retry`` set with the same fields, due when Celery said. How the two limits combine:
+
+* a failure the task does not handle follows the job's ``retry`` (Sidekiq's rule above);
+* a retry the task asks for (``self.retry``, ``autoretry_for``) follows Celery's ``max_retries``:
+  while under it, the job waits in ``retry`` for the countdown Celery computed; once over it,
+  Celery gives up and so does Sidekiq: the job is exhausted and goes to ``dead`` (unless
+  ``dead: false``, or ``retry: false`` which drops it), with no further Sidekiq retries;
+* both count the same thing: ``request.retries`` is ``retry_count + 1`` (0 before the first
+  failure), so ``self.request.retries`` is the number of failures so far in either scheme, and
+  a job Sidekiq retried 5 times has used 5 of Celery's ``max_retries`` too.
+
+In Celery's terms a job that will be retried ends in state ``RETRY`` (no errbacks run); one that
+is dead or dropped ends in ``FAILURE``. Exceptions that are Celery's control flow (``Retry``,
+``Ignore``, ``Reject``) are not failures. A hard ``time_limit`` (prefork kills the child) is a
+failure like any other, recorded by the worker's main process; a child that dies otherwise
+(OOM, kill -9) is not a failure: reliable fetch puts its job back in its queue.
+
+A job whose class no task here runs is handled before Celery sees it, by :class:`UnknownClass`:
+``setup(unknown_class="retry")`` (default) fails it as sidekiq.rb fails a job of a missing class
+(retried with backoff, then dead; with ``retry: false`` or ``dead: false`` it still goes to
+``dead`` rather than being dropped, so work nobody saw fail is never lost);
+``unknown_class="requeue"`` returns it to the back of its queue for another consumer (a Ruby
+process that has the class).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import logging
+import random
+import sys
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from celery import Celery, bootsteps
+from celery.exceptions import Retry, TaskPredicate, TimeLimitExceeded
+from celery.signals import task_received
+
+from kombu_sidekiq import backtrace
+from kombu_sidekiq import job as jobs
+from kombu_sidekiq.client import Client
+from kombu_sidekiq.codec import RAW_JOB_PROPERTY, RETRY_JOB_PROPERTY, UNWRAPPERS, Registry
+from kombu_sidekiq.divert import Divert
+from kombu_sidekiq.job import Job
+
+from .middleware import Chain, Middleware
+
+logger = logging.getLogger(__name__)
+
+#: Sidekiq's ``DEFAULT_MAX_RETRY_ATTEMPTS``: retries of a ``retry: true`` job before it dies
+#: (26 executions in all, about 20 days).
+DEFAULT_MAX_RETRIES: Final = 25
+
+#: Sidekiq keeps this many characters of the exception message.
+MAX_ERROR_MESSAGE: Final = 10_000
+
+#: What ``setup(unknown_class=...)`` accepts.
+UNKNOWN_CLASS_MODES: Final = ("retry", "requeue")
+
+#: ``unknown_class="requeue"``: a job this worker already returned to its queue less than this
+#: many seconds ago went round the queue without another consumer taking it...
+REQUEUE_WINDOW: Final = 60.0
+
+#: ... so it waits this long in ``schedule`` instead of being fetched again at once: a worker
+#: alone on a queue spends one fetch per job every few seconds, never a busy loop.
+REQUEUE_DELAY: Final = 5.0
+
+#: How many recently requeued jids a worker remembers (oldest forgotten first).
+REQUEUE_MEMORY: Final = 10_000
+
+Action = Literal["retry", "dead", "drop"]
+
+
+# -- Sidekiq's rules, pure ----------------------------------------------------------------------
+
+
+def backoff(count: int, version: int, rand: Callable[[int], int] = random.randrange) -> int:
+    """Seconds until the retry after failure number ``count`` (0-based), with Sidekiq's jitter.
+
+    6.x and 7.x: ``count**4 + 15 + rand(10) * (count + 1)``; 8.x: ``count**4 + 15 +
+    rand(10 * (count + 1))``. ``rand(n)`` is a uniform integer in ``[0, n)``.
+
+    >>> [backoff(count, 7, rand=lambda n: 0) for count in range(6)]
+    [15, 16, 31, 96, 271, 640]
+    """
+    base = count**4 + 15
+    if version >= 8:
+        return base + rand(10 * (count + 1))
+    return base + rand(10) * (count + 1)
+
+
+def retry_limit(retry: bool | int, max_retries: int) -> int:
+    """How many retries a job's ``retry`` option allows: N for an integer, else the default."""
+    if isinstance(retry, bool):
+        return max_retries if retry else 0
+    return retry
+
+
+def qualified_name(kind: type[BaseException]) -> str:
+    """``error_class``: the exception class with its module, bare for builtins (``KeyError``)."""
+    module = kind.__module__
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+def _scrub(text: str) -> str:
+    # Redis takes UTF-8; a lone surrogate (from a surrogateescape decode) would fail the write,
+    # so it is replaced, as Sidekiq scrubs invalid bytes.
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What a failed job records: ``error_class``, ``error_message``, and the exception."""
+
+    error_class: str
+    message: str
+    exc: BaseException | None = None
+
+    @classmethod
+    def of(cls, exc: BaseException) -> Failure:
+        try:
+            message = str(exc)[:MAX_ERROR_MESSAGE]
+        except Exception:  # a __str__ that raises must not lose the job
+            message = "!!! ERROR MESSAGE THREW AN ERROR !!!"
+        return cls(qualified_name(type(exc)), _scrub(message), exc)
+
+    def backtrace(self, limit: int | None) -> list[str]:
+        lines = backtrace.lines_of(self.exc, limit) if self.exc is not None else []
+        return [_scrub(line) for line in lines]
+
+
+def record_failure(job: Job, failure: Failure, queue: str, version: int) -> int:
+    """Set Sidekiq's failure fields on ``job`` (``JobRetry#attempt_retry``); return ``retry_count``.
+
+    ``queue`` is the queue the job was read from; a ``retry_queue`` overrides it.
+    """
+    job["queue"] = job.get("retry_queue") or queue
+    job["error_message"] = failure.message
+    job["error_class"] = failure.error_class
+    now = jobs.now_timestamp(version)
+    count = job.get("retry_count")
+    if isinstance(count, int) and not isinstance(count, bool):
+        # The UI's "Retry now" decrements it first, so -1 is a valid value here.
+        job["retried_at"] = now
+        job["retry_count"] = count = count + 1
+    else:
+        job["failed_at"] = now
+        job["retry_count"] = count = 0
+    wanted = job.get("backtrace")
+    if wanted is True or (isinstance(wanted, int) and not isinstance(wanted, bool)):
+        limit = None if wanted is True else int(wanted)
+        job["error_backtrace"] = backtrace.compress(failure.backtrace(limit))
+    return count
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What happens to a failed job: ``retry`` in ``delay`` seconds, ``dead``, or ``drop``."""
+
+    action: Action
+    job: Job
+    delay: int = 0
+
+    def divert(self) -> Divert:
+        """The verdict as a transport intake returns it (a drop is not one)."""
+        if self.action == "retry":
+            return Divert("retry", jobs.dumps(self.job), time.time() + self.delay)
+        if self.action == "dead":
+            return Divert("dead", jobs.dumps(self.job))
+        raise ValueError("a dropped job goes nowhere")
+
+
+class JobRetry:
+    """Sidekiq's decision for a failed job, and the Redis write that carries it out.
+
+    >>> retrier = JobRetry(version=7, max_retries=25)
+    >>> job = jobs.build("HardJob", [1], retry=0)
+    >>> retrier.decide(job, Failure("ValueError", "boom"), "default").action
+    'dead'
+    """
+
+    def __init__(
+        self, version: int = jobs.DEFAULT_SIDEKIQ_VERSION, max_retries: int = DEFAULT_MAX_RETRIES
+    ) -> None:
+        self.version = version
+        self.max_retries = max_retries
+
+    def decide(
+        self,
+        job: Job,
+        failure: Failure,
+        queue: str,
+        *,
+        exhausted: bool = False,
+        keep: bool = False,
+    ) -> Verdict:
+        """Record ``failure`` on ``job`` and say where it goes.
+
+        ``exhausted``: no retry whatever the budget (Celery's ``max_retries`` ran out).
+        ``keep``: never drop; what ``retry: false`` or ``dead: false`` would drop goes to
+        ``dead`` instead (for jobs that never ran, such as an unknown class: dropping them
+        would lose work nobody saw fail).
+        """
+        retry = jobs.retry_option(job)
+        if retry is False and not keep:
+            return Verdict("drop", job)  # sidekiq.rb runs death handlers only
+        count = record_failure(job, failure, queue, self.version)
+        if not exhausted and count < retry_limit(retry, self.max_retries):
+            return Verdict("retry", job, backoff(count, self.version))
+        if job.get("dead") is False and not keep:
+            return Verdict("drop", job)
+        return Verdict("dead", job)
+
+    def store(self, client: Client, verdict: Verdict) -> None:
+        """Write the verdict: ``ZADD retry`` (score = when due), or the morgue (with its trim)."""
+        payload = jobs.dumps(verdict.job)
+        if verdict.action == "retry":
+            client.redis.zadd(client.keys.retry, {payload: time.time() + verdict.delay})
+        elif verdict.action == "dead":
+            logger.info("Adding dead %s job %s", verdict.job.get("class"), verdict.job.get("jid"))
+            client.kill(payload)
+
+
+# -- unknown classes -----------------------------------------------------------------------------
+
+
+class UnknownClass:
+    """The transport's intake (``kombu_sidekiq.divert``): jobs whose class no task here runs.
+
+    It acts only in a worker (the worker step switches it on), so tools that read queues
+    without running jobs never move anything. For each fetched job it returns ``None`` (a task
+    runs it: deliver) or where the job goes instead; the transport moves it there atomically.
+    """
+
+    def __init__(self, app: Celery, registry: Registry, mode: str, retrier: JobRetry) -> None:
+        self.app = app
+        self.registry = registry
+        self.mode = mode
+        self.retrier = retrier
+        self.active = False
+        self._lock = threading.Lock()
+        self._requeued: OrderedDict[str, float] = OrderedDict()
+
+    def __call__(self, queue: str, job: Job, raw: str) -> Divert | None:
+        if not self.active:
+            return None
+        klass = self.runner(job)
+        if klass is None or self.registry.task_for(klass) in self.app.tasks:
+            return None
+        if self.mode == "requeue":
+            return self.requeue(queue, job, raw)
+        return self.fail(queue, job, klass)
+
+    @staticmethod
+    def runner(job: Job) -> str | None:
+        """The class whose task runs ``job``: its own, or the one a wrapper (ActiveJob) wraps;
+        None for a wrapper that cannot be read (its own task fails it, with the reason)."""
+        unwrap = UNWRAPPERS.get(job["class"])
+        if unwrap is None:
+            return str(job["class"])
+        try:
+            return unwrap(job).klass
+        except Exception:
+            return None
+
+    def fail(self, queue: str, job: Job, klass: str) -> Divert:
+        """sidekiq.rb's way: a failure (its NameError) that is retried with backoff, then dies."""
+        failure = Failure(
+            "celery.exceptions.NotRegistered",
+            f"no task in this Celery app runs class {klass!r}: none is named so or declares "
+            f"sidekiq_class={klass!r} (Ruby would say: uninitialized constant {klass})",
+        )
+        verdict = self.retrier.decide(dict(job), failure, queue, keep=True)
+        logger.error(
+            "queue %r: no task for class %r (jid %s): %s",
+            queue, klass, job.get("jid"),
+            f"retry in {verdict.delay}s" if verdict.action == "retry" else verdict.action,
+        )  # fmt: skip
+        return verdict.divert()
+
+    def requeue(self, queue: str, job: Job, raw: str) -> Divert:
+        """Back to the end of its queue for another consumer; parked for a while if it already
+        went round once without one taking it."""
+        jid = str(job.get("jid") or raw)
+        now = time.monotonic()
+        with self._lock:
+            while self._requeued and (
+                len(self._requeued) >= REQUEUE_MEMORY
+                or next(iter(self._requeued.values())) < now - REQUEUE_WINDOW
+            ):
+                self._requeued.popitem(last=False)
+            again = jid in self._requeued
+            self._requeued[jid] = now
+            self._requeued.move_to_end(jid)
+        if not again:
+            logger.info(
+                "queue %r: no task for class %r (jid %s); requeued", queue, job["class"], jid
+            )
+            return Divert.queue(raw)  # unchanged, byte for byte
+        logger.warning(
+            "queue %r: no consumer took class %r (jid %s); it waits %.0fs in schedule",
+            queue, job["class"], jid, REQUEUE_DELAY,
+        )  # fmt: skip
+        parked = dict(job)
+        parked.pop("enqueued_at", None)  # schedule entries carry none (Sidekiq 7.1.2+)
+        return Divert("schedule", jobs.dumps(parked), time.time() + REQUEUE_DELAY)
+
+
+# -- around each job a worker runs ---------------------------------------------------------------
+
+
+@dataclass
+class _Execution:
+    """The Sidekiq job a task is running in this thread."""
+
+    task_id: str
+    raw: str
+    queue: str
+    #: Celery's ``max_retries`` refused a ``self.retry``: the job dies instead of retrying.
+    exhausted: bool = False
+
+
+_current: contextvars.ContextVar[_Execution | None] = contextvars.ContextVar(
+    "celery_sidekiq_execution", default=None
+)
+
+#: Marks a task whose ``run`` and ``retry`` are already wrapped.
+_WRAPPED: Final = "__celery_sidekiq_wrapped__"
+
+
+class Processor:
+    """What runs around each Sidekiq job in a worker of one app: middleware and retries.
+
+    Sidekiq's ``Processor`` does the same: the retry handler outermost, then the server
+    middleware, then the job. Installed by wrapping each task's ``run`` and ``retry``
+    (instance attributes, as Celery's own ``autoretry_for`` does), which every pool calls in
+    the process and thread that executes the task.
+    """
+
+    def __init__(
+        self,
+        app: Celery,
+        registry: Registry,
+        *,
+        version: int = jobs.DEFAULT_SIDEKIQ_VERSION,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        unknown_class: str = "retry",
+        middleware: tuple[Middleware, ...] = (),
+    ) -> None:
+        self.app = app
+        self.chain = Chain(middleware)
+        self.retrier = JobRetry(version, max_retries)
+        self.unknown = UnknownClass(app, registry, unknown_class, self.retrier)
+
+    def install(self) -> None:
+        """Wrap every task of the app (idempotent; run again for tasks registered later)."""
+        for task in list(self.app.tasks.values()):
+            self.wrap(task)
+
+    def wrap(self, task: Any) -> None:
+        if getattr(task.run, _WRAPPED, False):
+            return
+        run, retry = task.run, task.retry
+
+        # The wrappers look up the app's processor on each call, so a second setup() of the
+        # app (new middleware, new options) applies to tasks wrapped by the first.
+        @functools.wraps(run)
+        def run_job(*args: Any, **kwargs: Any) -> Any:
+            execution = _execution_of(task.request)
+            if execution is None:  # called directly or eagerly: no job, nothing to add
+                return run(*args, **kwargs)
+            token = _current.set(execution)
+            try:
+                return _processor(task, self).process(task, execution, lambda: run(*args, **kwargs))
+            finally:
+                _current.reset(token)
+
+        @functools.wraps(retry)
+        def retry_job(*args: Any, **kwargs: Any) -> Any:
+            execution = _current.get()
+            if execution is None or execution.task_id != task.request.id:
+                return retry(*args, **kwargs)
+            return _processor(task, self).retry(task, execution, retry, *args, **kwargs)
+
+        setattr(run_job, _WRAPPED, True)
+        task.run, task.retry = run_job, retry_job
+
+    def process(self, task: Any, execution: _Execution, final: Callable[[], Any]) -> Any:
+        """Run the middleware around the task; on failure, store the job where Sidekiq would."""
+        try:
+            if not self.chain:
+                return final()
+            return self.chain.invoke(jobs.parse(execution.raw), final)
+        except TaskPredicate:
+            raise  # Retry (self.retry stored it already), Ignore, Reject: not failures
+        except Exception as exc:
+            verdict = self.retrier.decide(
+                jobs.parse(execution.raw),
+                Failure.of(exc),
+                execution.queue,
+                exhausted=execution.exhausted,
+            )
+            self._store(task.app, verdict)
+            if verdict.action == "retry":
+                # Celery then records state RETRY and runs no errbacks: the job is not done.
+                raise Retry(exc=exc, when=verdict.delay) from exc
+            raise
+
+    def retry(
+        self, task: Any, execution: _Execution, retry: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        """``self.retry``: Celery's own, with the job to store riding along.
+
+        Celery checks ``max_retries``, computes the ETA and republishes the task; the transport
+        sees the job in the message properties and writes it, with its failure fields, to
+        ``retry`` at that ETA instead of writing a new job to ``schedule``.
+        """
+        options = _retry_arguments(args, kwargs)
+        exc = options["exc"] if options["exc"] is not None else sys.exc_info()[1]
+        if not isinstance(exc, BaseException):
+            when = options["eta"] or options["countdown"]
+            exc = Retry(exc, when=task.default_retry_delay if when is None else when)
+        job = jobs.parse(execution.raw)
+        record_failure(job, Failure.of(exc), execution.queue, self.retrier.version)
+        if kwargs.get("queue"):  # self.retry(queue=...) moves the job, as Celery would
+            job["queue"] = kwargs["queue"]
+        kwargs[RETRY_JOB_PROPERTY] = jobs.dumps(job)
+        try:
+            return retry(*args, **kwargs)
+        except TaskPredicate:
+            raise  # Retry: the normal way out; Reject: the republish failed
+        except Exception:
+            execution.exhausted = True  # over max_retries: Celery re-raises, the job dies
+            raise
+
+    def watch(self, request: Any) -> None:
+        """Make a hard time limit a failure of the job, as any failure is.
+
+        prefork kills the child that overran ``time_limit``, so the task never sees it; the main
+        process learns it through ``request.on_timeout``, and Celery then acknowledges the
+        job. Storing it in ``retry`` (or ``dead``) first means it is not lost with the child.
+        The wrapper holds the request weakly: no reference cycle per job.
+        """
+        ref = weakref.ref(request)
+        previous = vars(request).get("on_timeout")
+
+        def on_timeout(soft: bool, timeout: float) -> Any:
+            req = ref()
+            if req is None:
+                return None
+            if not soft:
+                self.timed_out(req, timeout)
+            if previous is not None:
+                return previous(soft, timeout)
+            return type(req).on_timeout(req, soft, timeout)
+
+        request.on_timeout = on_timeout
+
+    def timed_out(self, request: Any, timeout: float) -> None:
+        message = getattr(request, "message", None)
+        execution = _execution_of(request, getattr(message, "properties", None))
+        if execution is None:
+            return
+        failure = Failure(qualified_name(TimeLimitExceeded), f"TimeLimitExceeded({timeout})")
+        verdict = self.retrier.decide(jobs.parse(execution.raw), failure, execution.queue)
+        self._store(self.app, verdict)
+
+    def _store(self, app: Celery, verdict: Verdict) -> None:
+        if verdict.action == "drop":
+            return
+        try:
+            with app.pool.acquire(block=True) as connection:
+                self.retrier.store(connection.default_channel.sidekiq, verdict)
+        except Exception:
+            logger.exception(
+                "could not store failed job %s in %r; its JSON: %s",
+                verdict.job.get("jid"),
+                verdict.action,
+                jobs.dumps(verdict.job),
+            )
+
+
+_RETRY_PARAMETERS: Final = ("args", "kwargs", "exc", "throw", "eta", "countdown", "max_retries")
+
+
+def _retry_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The named parameters of a ``Task.retry`` call, however they were passed."""
+    named = dict.fromkeys(_RETRY_PARAMETERS)
+    named.update(zip(_RETRY_PARAMETERS, args, strict=False))
+    named.update({key: kwargs[key] for key in _RETRY_PARAMETERS if key in kwargs})
+    return named
+
+
+def _execution_of(request: Any, properties: dict[str, Any] | None = None) -> _Execution | None:
+    """The job of a task request (the request context in the pool, or a worker ``Request``
+    whose message ``properties`` are given), or None for a task that came without one."""
+    if properties is None:
+        properties = getattr(request, "properties", None) or {}
+    raw = properties.get(RAW_JOB_PROPERTY)
+    if not isinstance(raw, str):
+        return None
+    delivery = getattr(request, "delivery_info", None) or {}
+    queue = delivery.get("routing_key") or ""
+    return _Execution(task_id=str(request.id), raw=raw, queue=queue)
+
+
+def _processor(task: Any, default: Processor) -> Processor:
+    processor = getattr(task.app, _PROCESSOR_ATTR, None)
+    return processor if isinstance(processor, Processor) else default
+
+
+def processor_of(app: Celery) -> Processor:
+    """The :class:`Processor` ``setup`` attached to ``app``."""
+    processor = getattr(app, _PROCESSOR_ATTR, None)
+    if not isinstance(processor, Processor):
+        raise RuntimeError("celery_sidekiq.setup(app) was not called for this app")
+    return processor
+
+
+_PROCESSOR_ATTR: Final = "_celery_sidekiq_processor"
+
+
+def attach(app: Celery, processor: Processor) -> None:
+    """Attach ``processor`` to ``app``: every task gets wrapped once the app has its tasks."""
+    setattr(app, _PROCESSOR_ATTR, processor)
+
+    def finalized(sender: Any = None, **kwargs: Any) -> None:
+        processor.install()
+
+    app.on_after_finalize.connect(finalized, weak=False)
+    if app.finalized:
+        processor.install()
+
+
+class JobsStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """In a worker: wrap tasks registered after the app was finalized, turn on the
+    unknown-class check for the jobs this worker's consumer reads, and watch hard time limits."""
+
+    label = "sidekiq jobs"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        self.app = worker.app
+        self.processor = processor_of(worker.app)
+        self.processor.install()
+        self.processor.unknown.active = True
+
+    def start(self, worker: Any) -> None:
+        task_received.connect(self._received, weak=False)
+
+    def stop(self, worker: Any) -> None:
+        task_received.disconnect(self._received)
+
+    shutdown = stop
+
+    def _received(self, sender: Any = None, request: Any = None, **kwargs: Any) -> None:
+        # Sent by every consumer in this process: watch only our app's requests.
+        if request is not None and getattr(sender, "app", None) is self.app:
+            self.processor.watch(request)
