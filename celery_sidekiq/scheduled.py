@@ -10,6 +10,7 @@ on its own, for producers with no worker nearby::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import random
 import threading
@@ -133,10 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     with Connection(args.broker_url, transport_options=options) as connection:
         poller = Poller(client_for(connection), args.interval)
         logger.info("polling schedule and retry every ~%.1fs on %s", args.interval, args.broker_url)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             poller.run()
-        except KeyboardInterrupt:
-            pass
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def main() -> None:
     }
     try:
         print(f"redis-server on port {port}; starting a Celery worker on queue 'reports'...")
-        worker_log = open(tmp / "celery.log", "wb")
+        worker_log = open(tmp / "celery.log", "wb")  # noqa: SIM115 (the worker's, until the end)
         worker = subprocess.Popen(
             [
                 sys.executable,
@@ -105,10 +105,8 @@ def main() -> None:
 
         ruby = ruby_has_sidekiq()
         if ruby:
-            print(
-                "sidekiq.rb found: starting a Ruby worker on queue 'mailers' and enqueuing from Ruby..."
-            )
-            sidekiq_log = open(tmp / "sidekiq.log", "wb")
+            print("sidekiq.rb found: a Ruby worker on queue 'mailers', and jobs from Ruby...")
+            sidekiq_log = open(tmp / "sidekiq.log", "wb")  # noqa: SIM115
             procs.append(
                 subprocess.Popen(
                     [
@@ -149,9 +147,8 @@ def main() -> None:
             wait(lambda: _ran(store, "ReportReadyNotifier") >= reports, 60, "the notifications")
         _print_log(store)
         if not ruby:
-            print(
-                f"\n{store.llen('queue:mailers')} ReportReadyNotifier jobs wait in queue:mailers for a Ruby worker."
-            )
+            waiting = store.llen("queue:mailers")
+            print(f"\n{waiting} ReportReadyNotifier jobs wait in queue:mailers for a Ruby worker.")
         print(
             "\nSidekiq's keys now in Redis:",
             ", ".join(sorted(k.decode() for k in store.keys("*") if not k.startswith(b"_kombu"))),
@@ -182,9 +179,8 @@ def _print_log(store: redis.Redis) -> None:
     print(f"\n{'ran in':<28} {'job class':<22} {'args':<26} jid")
     for item in store.lrange("demo:log", 0, -1):
         entry = json.loads(item)
-        print(
-            f"{entry['ran_in']:<28} {entry['class']:<22} {json.dumps(entry['args']):<26} {entry['jid']}"
-        )
+        args = json.dumps(entry["args"])
+        print(f"{entry['ran_in']:<28} {entry['class']:<22} {args:<26} {entry['jid']}")
 
 
 if __name__ == "__main__":

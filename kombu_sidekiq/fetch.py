@@ -242,6 +242,7 @@ class ReliableFetch:
         """
         keys = self.keys
         now = time.time()
+        mode: str
         if to in ("head", "tail"):
             target, mode, score = keys.queue(queue), to, 0.0
         elif to == "dead":

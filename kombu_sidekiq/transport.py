@@ -456,19 +456,16 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 batch.flush()
             unique.push(self.sidekiq, job, lock, at if scheduled else None)
             return
-        payload = jobs.dumps(job)
-        if scheduled:
-            assert at is not None
-        if batch is not None:
-            if scheduled:
-                batch.add("zadd", self.keys.schedule, {payload: at})
+        if batch is None:
+            if scheduled and at is not None:
+                self.sidekiq.schedule(job, at)
             else:
-                batch.add("sadd", self.keys.queues, queue)
-                batch.add("lpush", self.keys.queue(queue), payload)
-        elif scheduled:
-            self.sidekiq.redis.zadd(self.keys.schedule, {payload: at})
+                self.sidekiq.push(job)
+        elif scheduled and at is not None:
+            batch.add("zadd", self.keys.schedule, {jobs.dumps(job): at})
         else:
-            self.sidekiq.push(job)
+            batch.add("sadd", self.keys.queues, queue)
+            batch.add("lpush", self.keys.queue(queue), jobs.dumps(job))
 
     def _size(self, queue: str) -> int:
         with self.sidekiq.redis.pipeline() as pipe:
