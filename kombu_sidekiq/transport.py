@@ -151,7 +151,10 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        try:
+            super().__init__(*args, **kwargs)  # pings Redis
+        except kombu_redis.redis.AuthenticationError as exc:
+            raise authentication_failure(self.connection.client, exc) from exc
         self._check_options()
         self.keys = Keys(self.namespace)
         self.registry: codec.Registry = self.sidekiq_registry or codec.ClassRegistry()
@@ -282,6 +285,14 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             except kombu_redis.redis.exceptions.NoScriptError:
                 self.fetcher.load_scripts()  # Redis restarted or flushed its scripts
                 raise Empty() from None
+            except kombu_redis.redis.exceptions.ResponseError as exc:
+                if not (is_unblocked(exc) or isinstance(exc, kombu_redis.redis.ReadOnlyError)):
+                    raise
+                # A failover demoted the server this fetch was waiting on. Redis says so with
+                # an error reply, not by closing the connection: make it the connection error
+                # it is, so Celery reconnects (to the new master) instead of dying.
+                self.client.connection.disconnect()
+                raise kombu_redis.redis.ConnectionError(str(exc)) from exc
             if kind == "BRPOPLPUSH":  # a job landed (or the wait timed out): fetch records it
                 if reply:
                     self.fetcher.landed()
@@ -493,6 +504,10 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
     driver_type = "redis"
     driver_name = "redis"
 
+    # A server answering READONLY is a demoted master (a failover moved the name we connect
+    # to): a lost connection to retry, not an error to die of. kombu reads this class attribute.
+    connection_errors = (*kombu_redis.Transport.connection_errors, kombu_redis.redis.ReadOnlyError)
+
 
 class TLSChannel(Channel):
     """A channel that always speaks TLS, verifying the server unless told otherwise."""
@@ -609,24 +624,6 @@ class SentinelChannel(Channel, kombu_redis.SentinelChannel):  # type: ignore[mis
             if name not in Channel.from_transport_options
         ),
     )
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        try:
-            super().__init__(*args, **kwargs)
-        except kombu_redis.redis.AuthenticationError as exc:
-            raise authentication_failure(self.connection.client, exc) from exc
-
-    def _brpop_read(self, **options: Any) -> bool:
-        try:
-            return bool(super()._brpop_read(**options))
-        except self.ResponseError as exc:
-            if not is_unblocked(exc):
-                raise
-            # A failover demoted the master this fetch was waiting on. Redis says so with an
-            # error reply, not by closing the connection: make it the connection error it is,
-            # so Celery reconnects (to the new master) instead of dying of an unknown error.
-            self.client.connection.disconnect()
-            raise kombu_redis.redis.ConnectionError(str(exc)) from exc
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         params: dict[str, Any] = super()._connparams(asynchronous)
