@@ -20,8 +20,10 @@ The kombu internals used (contract-tested in ``tests/test_transport_contract.py`
 so: ``_in_poll``, ``_brpop_sent_at``, ``_flush_brpop_reauth``), ``_get``, ``_put`` and its
 ``_publish_batch`` keyword, ``_q_for_pri``, ``_size``, ``_purge``, ``_has_queue``, ``_restore``,
 ``_queue_cycle``, ``auto_delete_queues``, ``from_transport_options``, the ``keyprefix_*`` key
-templates, ``virtual.QoS`` (``_delivered``, ``restore_unacked``), ``connection._deliver`` and
-``Transport.Channel``.
+templates, ``virtual.QoS`` (``_delivered``, ``restore_unacked``), ``connection._deliver``,
+``Transport.Channel`` and ``Transport.connection_errors``; for Sentinel, ``SentinelChannel``'s
+``_get_pool``/``_sentinel_managed_pool``, ``_sentinel_manager``/``_async_sentinel_manager``,
+``_prepare_virtual_host``, ``_parse_url`` and ``Connection.alt``.
 """
 
 from __future__ import annotations
