@@ -77,18 +77,19 @@ class Poller:
 
 
 def client_for(connection: Connection) -> Callable[[], Client]:
-    """A getter of the Sidekiq client of a ``sidekiq://`` connection's channel.
+    """A getter of a Sidekiq client for a background thread of the worker's main process.
 
-    Reconnects lazily: after Redis went away, the next call builds a fresh channel.
+    The client has a connection pool of its own, out of reach of kombu's after-fork cleanup
+    (see ``Channel.detached_client``). It is made on first use, so a worker started while
+    Redis is down gets it once Redis answers; redis-py reconnects it after that.
     """
-    state: dict[str, Any] = {}
+    state: dict[str, Client] = {}
 
     def get() -> Client:
-        channel = state.get("channel")
-        if channel is None or not connection.connected:
+        if "client" not in state:
             connection.ensure_connection(max_retries=1)
-            channel = state["channel"] = connection.default_channel
-        return channel.sidekiq  # type: ignore[no-any-return]
+            state["client"] = connection.default_channel.detached_client()
+        return state["client"]
 
     return get
 
@@ -97,6 +98,9 @@ class PollerStep(bootsteps.StartStopStep):  # type: ignore[misc]
     """Runs a :class:`Poller` in the worker's main process."""
 
     label = "sidekiq poller"
+
+    # After the pool: a prefork child forked while this thread held a Redis lock would hang.
+    requires = ("celery.worker.components:Pool",)
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         from .app import config_of

@@ -113,10 +113,13 @@ class ReliableFetch:
         consumer_id: str | None = None,
         lease: float = DEFAULT_LEASE,
         recover_interval: float | None = None,
+        background: Client | None = None,
     ) -> None:
+        """``background``: the client the lease thread uses (default: ``client``)."""
         if lease < 2:
             raise ValueError(f"fetch lease must be at least 2 seconds, not {lease!r}")
         self.client = client
+        self.background = background or client
         self.keys = client.keys
         self.consumer_id = consumer_id or new_consumer_id()
         self.lease = lease
@@ -259,16 +262,16 @@ class ReliableFetch:
         self._queues.add(queue)
         self.refresh()
 
-    def refresh(self) -> None:
-        with self.client.redis.pipeline(transaction=True) as pipe:
+    def refresh(self, client: Client | None = None) -> None:
+        with (client or self.client).redis.pipeline(transaction=True) as pipe:
             pipe.set(self.lease_key, "1", ex=int(self.lease))
             for queue in list(self._queues):
                 pipe.hset(self.registry, self.inflight(queue), self._registry_value(queue))
             pipe.execute()
 
-    def recover(self) -> int:
+    def recover(self, client: Client | None = None) -> int:
         """Put back the in-flight jobs of every worker whose lease has expired."""
-        moved = int(RECOVER(self.client.redis, [self.registry], []))
+        moved = int(RECOVER((client or self.client).redis, [self.registry], []))
         if moved:
             logger.warning("recovered %d in-flight jobs of workers that died", moved)
         return moved
@@ -305,6 +308,8 @@ class ReliableFetch:
                 self.client.redis.delete(self.lease_key)
         except redis.RedisError as exc:
             logger.warning("could not release the fetch lease: %s", exc)
+        if self.background is not self.client:
+            self.background.redis.close()
 
     def _run(self) -> None:
         # A thread, not the event loop: a solo worker blocked in a long task must keep its
@@ -313,9 +318,9 @@ class ReliableFetch:
         beat = min(self.lease / 4, self.recover_interval)
         while not self._stopped.is_set():
             try:
-                self.refresh()
+                self.refresh(self.background)
                 if time.monotonic() >= next_recovery:
-                    self.recover()
+                    self.recover(self.background)
                     jitter = 0.75 + random.random() / 4
                     next_recovery = time.monotonic() + self.recover_interval * jitter
             except Exception as exc:  # Redis away: the next beat tries again

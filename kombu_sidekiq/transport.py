@@ -202,12 +202,28 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             self._sidekiq = Client(self._create_client(), self.keys, self.sidekiq_version)
         return self._sidekiq
 
+    def detached_client(self) -> Client:
+        """A Sidekiq client on a connection pool of its own, for background threads.
+
+        kombu disconnects a channel's pools in every forked child; a pool whose lock a thread
+        of the parent held at that instant would hang the child forever (prefork replaces its
+        children at any time). A pool kombu does not know is never touched in the child.
+        """
+        return Client(
+            kombu_redis.redis.Redis(connection_pool=self._get_pool()),
+            self.keys,
+            self.sidekiq_version,
+        )
+
     @property
     def fetcher(self) -> ReliableFetch:
         """This consumer's in-flight bookkeeping, made when it first consumes."""
         if self._fetch is None:
             self._fetch = ReliableFetch(
-                self.sidekiq, lease=self.fetch_lease, recover_interval=self.fetch_recover_interval
+                self.sidekiq,
+                lease=self.fetch_lease,
+                recover_interval=self.fetch_recover_interval,
+                background=self.detached_client(),
             )
         elif self._fetch.client is not self.sidekiq:
             self._fetch.client = self.sidekiq
@@ -378,7 +394,10 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             # worker recovers it after this one's lease expired. Nothing is lost.
             logger.error(
                 "queue %r: could not move a job to %s (%s): %.200r",
-                item.queue, where.target, exc, item.payload,
+                item.queue,
+                where.target,
+                exc,
+                item.payload,
             )
 
     def _bury(self, item: Fetched, reason: str) -> None:
@@ -386,7 +405,9 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         # a worker must never lose it and never stop over it.
         logger.error(
             "queue %r: invalid job moved to the dead set (%s): %.200r",
-            item.queue, reason, item.payload,
+            item.queue,
+            reason,
+            item.payload,
         )
         self.fetcher.settle(item.queue, item.tag, "dead", item.payload)
 
@@ -416,7 +437,9 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         job = self._job_of(message)
         if job is not None:
             queue, tag, raw = job
-            logger.error("queue %r: the worker rejected job %.200r; it is in the dead set", queue, raw)
+            logger.error(
+                "queue %r: the worker rejected job %.200r; it is in the dead set", queue, raw
+            )
             self.fetcher.settle(queue, tag, "dead", raw)
 
     def _restore(self, message: Any, leftmost: bool = False) -> None:
@@ -426,7 +449,10 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             self.fetcher.settle(queue, tag, "tail" if leftmost else "head", raw)
             return
         push = self.sidekiq.redis.lpush if leftmost else self.sidekiq.redis.rpush
-        push(self.keys.kombu(message.delivery_info.get("routing_key")), kombu_redis.dumps(message._raw))
+        push(
+            self.keys.kombu(message.delivery_info.get("routing_key")),
+            kombu_redis.dumps(message._raw),
+        )
 
     def close(self) -> None:
         super().close()

@@ -7,6 +7,10 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+T = TypeVar("T", bound="Started")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TESTS_DIR = REPO_ROOT / "tests"
@@ -37,3 +41,67 @@ def terminate(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> int:
             pass
     kill_group(proc)  # also reaps leftovers of a process that exited on its own
     return proc.wait(10)
+
+
+class Started:
+    """``with Thing(...) as thing``: ``start()`` on entry, ``close()`` on exit."""
+
+    def start(self: T) -> T:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: T) -> T:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class LoggedProcess(Started):
+    """A subprocess (its own session) whose output goes to ``log_path``; subclasses start it."""
+
+    #: What ``stop()`` sends first: the program's own clean shutdown.
+    stop_signal: int = signal.SIGTERM
+
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int | None = None, timeout: float = 30.0) -> int | None:
+        """Send ``sig`` (default ``stop_signal``), wait up to ``timeout`` s, then SIGKILL the
+        whole group. Returns the exit code (negative for a signal)."""
+        if self.proc is None:
+            return None
+        return terminate(self.proc, self.stop_signal if sig is None else sig, timeout)
+
+    def close(self) -> None:
+        self.stop()
+
+    def kill9(self) -> None:
+        """Crash it: SIGKILL the whole process group, no shutdown handlers run."""
+        if self.proc is not None:
+            kill_group(self.proc)
+            self.proc.wait(10)
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 80) -> str:
+        return tail(self.log_path, lines)

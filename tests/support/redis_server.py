@@ -7,13 +7,13 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from support.procs import Started
 from support.waiting import wait_for
 
 
@@ -28,7 +28,7 @@ def redis_server_available() -> bool:
     return shutil.which("redis-server") is not None
 
 
-class RedisServer:
+class RedisServer(Started):
     """``redis-server`` bound to 127.0.0.1 with persistence off, in its own temp dir.
 
     ``restart()`` keeps the port so clients and brokers configured with ``url`` reconnect to
@@ -131,16 +131,7 @@ class RedisServer:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
+    close = cleanup
 
 
 class RedisServerFactory(Protocol):

@@ -6,17 +6,15 @@ import functools
 import json
 import os
 import shutil
-import signal
 import subprocess
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from support.procs import TESTS_DIR, kill_group, tail, terminate
+from support.procs import TESTS_DIR, LoggedProcess
 from support.waiting import wait_for
 
 RUBY_DIR = TESTS_DIR / "ruby"
@@ -81,7 +79,7 @@ def ruby_push(
     return ruby_eval(redis_url, _PUSH, env={"SIDEKIQ_ITEM": json.dumps(item)})
 
 
-class SidekiqProcess:
+class SidekiqProcess(LoggedProcess):
     """A real ``sidekiq`` server loading tests/ruby/jobs.rb, logging to ``log_path``.
 
     ``start()`` returns once the process has registered itself in the Redis SET
@@ -166,46 +164,6 @@ class SidekiqProcess:
             self.kill9()
             raise AssertionError(f"{exc}\n--- sidekiq log ---\n{self.log_text()}") from None
         return self
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
-        """TERM (Sidekiq waits up to ``shutdown_timeout`` for busy jobs, pushing unfinished
-        ones back), then SIGKILL after ``timeout`` s. Returns the exit code."""
-        if self.proc is None:
-            return None
-        return terminate(self.proc, sig, timeout)
-
-    def kill9(self) -> None:
-        if self.proc is not None:
-            kill_group(self.proc)
-            self.proc.wait(10)
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 80) -> str:
-        return tail(self.log_path, lines)
-
-    def __enter__(self) -> SidekiqProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class SidekiqProcessFactory(Protocol):

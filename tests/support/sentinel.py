@@ -15,13 +15,13 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from support.procs import Started
 from support.redis_server import RedisServer, free_port
 from support.waiting import wait_for
 
@@ -121,7 +121,7 @@ class Sentinel:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class SentinelGroup:
+class SentinelGroup(Started):
     """A master, one replica and ``sentinels`` sentinels (quorum 1) watching them."""
 
     #: Redis 7 waits 5 s before a diskless full sync, in case more replicas show up.
@@ -233,13 +233,4 @@ class SentinelGroup:
         for server in self.servers:
             server.cleanup()
 
-    def __enter__(self) -> SentinelGroup:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
+    close = cleanup

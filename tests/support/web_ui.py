@@ -21,9 +21,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from types import TracebackType
 
-from support.procs import TESTS_DIR, kill_group, tail, terminate
+from support.procs import TESTS_DIR, LoggedProcess
 from support.redis_server import free_port
 from support.waiting import wait_for
 
@@ -43,7 +42,10 @@ def web_ui_available() -> bool:
     return probe.returncode == 0
 
 
-class SidekiqWeb:
+class SidekiqWeb(LoggedProcess):
+    #: rackup's clean shutdown (WEBrick answers TERM with a FATAL stack trace).
+    stop_signal = signal.SIGINT
+
     """Sidekiq::Web at ``http://127.0.0.1:<port>/`` on ``redis_url``; its log in ``log_path``."""
 
     def __init__(self, redis_url: str, log_path: Path, port: int | None = None) -> None:
@@ -120,30 +122,6 @@ class SidekiqWeb:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as err:
             return err.code, err.read().decode(errors="replace")
-
-    def stop(self) -> None:
-        """INT: rackup's clean shutdown (WEBrick answers TERM with a FATAL stack trace)."""
-        if self.proc is not None:
-            terminate(self.proc, signal.SIGINT, 10)
-
-    def kill9(self) -> None:
-        if self.proc is not None:
-            kill_group(self.proc)
-            self.proc.wait(10)
-
-    def log_tail(self, lines: int = 60) -> str:
-        return tail(self.log_path, lines)
-
-    def __enter__(self) -> SidekiqWeb:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 # --- reading pages -------------------------------------------------------------------------

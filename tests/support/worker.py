@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol
 
-from support.procs import REPO_ROOT, TESTS_DIR, kill_group, tail, terminate
+from support.procs import REPO_ROOT, TESTS_DIR, LoggedProcess
 from support.waiting import wait_for
 
 APPS_DIR = TESTS_DIR / "apps"
 
 
-class CeleryWorker:
+class CeleryWorker(LoggedProcess):
     """``python -m celery -A <app_module> worker`` with its output in ``log_path``.
 
     The app module is imported from ``app_dir`` (default ``tests/apps``) and reads the
@@ -103,47 +101,6 @@ class CeleryWorker:
 
     def _timeout_message(self, timeout: float) -> str:
         return f"celery worker {self.name!r} not ready within {timeout}s"
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
-        """Send ``sig`` (TERM = warm shutdown), wait up to ``timeout`` s, then SIGKILL.
-        Returns the exit code (negative for a signal)."""
-        if self.proc is None:
-            return None
-        return terminate(self.proc, sig, timeout)
-
-    def kill9(self) -> None:
-        """Crash the worker: SIGKILL the whole process group, no shutdown handlers run."""
-        if self.proc is not None:
-            kill_group(self.proc)
-            self.proc.wait(10)
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 80) -> str:
-        return tail(self.log_path, lines)
-
-    def __enter__(self) -> CeleryWorker:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class CeleryWorkerFactory(Protocol):
