@@ -33,18 +33,27 @@ def result_url(redis_url: str) -> str:
     return redis_url.rsplit("/", 1)[0] + "/1"
 
 
+def _stub(name: str) -> Any:
+    def stub(*args: Any, **kwargs: Any) -> None:
+        """Runs in the worker, never here."""
+
+    stub.__qualname__ = f"stub[{name}]"
+    return stub
+
+
+#: One callable per task name for every producer app (Celery warns when a name changes callable).
+STUBS = {name: _stub(name) for name in ("Workers::PyWorker", "bridge.add", "bridge.tsum", "bridge.sleep")}
+_report_stub = _stub("bridge.report")
+
+
 @pytest.fixture
 def producer(broker_url: str, result_url: str) -> Iterator[Celery]:
     """The test's own Celery app: the same task names as bridge_app, sending only."""
     app = Celery("producer", broker=broker_url, backend=result_url)
     celery_sidekiq.setup(app)
-
-    def stub(*args: Any, **kwargs: Any) -> None:
-        """Runs in the worker, never here."""
-
-    for name in ("Workers::PyWorker", "bridge.add", "bridge.tsum", "bridge.sleep"):
+    for name, stub in STUBS.items():
         app.task(name=name)(stub)
-    app.task(name="bridge.report", sidekiq_class="PaymentReportWorker")(stub)
+    app.task(name="bridge.report", sidekiq_class="PaymentReportWorker")(_report_stub)
     yield app
     app.close()
 
