@@ -4,7 +4,7 @@
 >>> client = Client(redis.Redis())                                   # doctest: +SKIP
 >>> client.push(build("HardJob", [1, "x"]))                          # doctest: +SKIP
 'c65c0a3b81d5e7e3c5a748cf'
->>> client.push_bulk([build("HardJob", [n]) for n in range(1000)])  # one round trip  # doctest: +SKIP
+>>> jids = client.push_bulk([build("HardJob", [n]) for n in range(1000)])  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -71,7 +71,9 @@ _HEADER_KEYS: Final = (
     "stamps",
     "replaced_task_nesting",
 )
-_OWN_HEADERS: Final = frozenset((*_HEADER_KEYS, "lang", "task", "id", "eta", "argsrepr", "kwargsrepr"))
+_OWN_HEADERS: Final = frozenset(
+    (*_HEADER_KEYS, "lang", "task", "id", "eta", "argsrepr", "kwargsrepr")
+)
 _EMBED_KEYS: Final = ("callbacks", "errbacks", "chain", "chord")
 
 
@@ -347,11 +349,19 @@ def _unwrap(
     return str(body)
 
 
-def sample_message(task: str, args: list[Any], kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+def sample_message(
+    task: str, args: list[Any], kwargs: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A minimal protocol-2 task message, for examples and tests."""
     task_id = str(uuid.uuid4())
     return {
-        "body": json.dumps([args, kwargs or {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]),
+        "body": json.dumps(
+            [
+                args,
+                kwargs or {},
+                {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+            ]
+        ),
         "content-type": "application/json",
         "headers": {"lang": "py", "task": task, "id": task_id, "root_id": task_id, "retries": 0},
         "properties": {"correlation_id": task_id, "reply_to": ""},

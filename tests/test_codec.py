@@ -23,7 +23,9 @@ class RubyOnly(codec.ClassRegistry):
         return codec.JobOptions(klass=task_name, local=False)
 
 
-def celery_message(task: str, args: list[Any], kwargs: dict[str, Any] | None = None, **headers: Any) -> dict[str, Any]:
+def celery_message(
+    task: str, args: list[Any], kwargs: dict[str, Any] | None = None, **headers: Any
+) -> dict[str, Any]:
     message = codec.sample_message(task, args, kwargs)
     message["headers"].update(headers)
     return message
@@ -66,8 +68,27 @@ def test_celery_message_becomes_a_job_sidekiq_rb_runs() -> None:
 
 
 def test_kwargs_and_canvas_travel_in_the_extension_key() -> None:
-    chain = [{"task": "next", "args": [], "kwargs": {}, "options": {}, "subtask_type": None, "immutable": False}]
-    message = celery_message("t", [1], {"k": "v"}, parent_id="p", group="g", group_index=0, timelimit=[10, 5], retries=2, expires="2030-01-01T00:00:00+00:00")
+    chain = [
+        {
+            "task": "next",
+            "args": [],
+            "kwargs": {},
+            "options": {},
+            "subtask_type": None,
+            "immutable": False,
+        }
+    ]
+    message = celery_message(
+        "t",
+        [1],
+        {"k": "v"},
+        parent_id="p",
+        group="g",
+        group_index=0,
+        timelimit=[10, 5],
+        retries=2,
+        expires="2030-01-01T00:00:00+00:00",
+    )
     body = json.loads(message["body"])
     body[2]["chain"] = chain
     message["body"] = json.dumps(body)
@@ -83,7 +104,11 @@ def test_kwargs_and_canvas_travel_in_the_extension_key() -> None:
     assert headers["timelimit"] == [10, 5]
     assert headers["retries"] == 2
     assert headers["expires"] == "2030-01-01T00:00:00+00:00"
-    assert json.loads(back["body"]) == [[1], {"k": "v"}, {"callbacks": None, "errbacks": None, "chain": chain, "chord": None}]
+    assert json.loads(back["body"]) == [
+        [1],
+        {"k": "v"},
+        {"callbacks": None, "errbacks": None, "chain": chain, "chord": None},
+    ]
 
 
 def test_a_plain_message_adds_only_the_task_id_to_the_job() -> None:
@@ -97,7 +122,10 @@ def test_kwargs_for_a_class_without_a_python_task_are_refused() -> None:
     assert codec.job_from_message(celery_message("RubyClass", [1]), "q", RubyOnly())["args"] == [1]
 
 
-@pytest.mark.parametrize("content_type", ["application/x-python-serialize", "application/x-yaml", "application/x-msgpack"])
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/x-python-serialize", "application/x-yaml", "application/x-msgpack"],
+)
 def test_only_json_travels(content_type: str) -> None:
     message = celery_message("t", [1])
     message["content-type"] = content_type
@@ -116,7 +144,10 @@ def test_eta_is_read_as_epoch_seconds() -> None:
     when = datetime(2030, 1, 2, 3, 4, 5, 600000, tzinfo=timezone(timedelta(hours=2)))
     assert codec.eta_of(celery_message("t", [], eta=when.isoformat())) == when.timestamp()
     naive = datetime(2030, 1, 2, 3, 4, 5)
-    assert codec.eta_of(celery_message("t", [], eta=naive.isoformat())) == naive.replace(tzinfo=timezone.utc).timestamp()
+    assert (
+        codec.eta_of(celery_message("t", [], eta=naive.isoformat()))
+        == naive.replace(tzinfo=timezone.utc).timestamp()
+    )
     assert codec.eta_of(celery_message("t", [])) is None
 
 
@@ -129,8 +160,20 @@ def test_only_task_messages_become_jobs() -> None:
 #: Keys whose values the job model checks; everything else is somebody else's and opaque.
 OWNED_KEYS = {"class", "args", "queue", "jid", "retry", "celery", *jobs.TIMESTAMP_KEYS}
 
-json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=10)
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=10)
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=10)
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
 
 
 @given(
@@ -140,7 +183,9 @@ json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=
     queue=st.text(min_size=1, max_size=12),
     parent_id=st.none() | st.uuids().map(str),
 )
-def test_message_to_job_to_message_is_lossless(args: list[Any], kwargs: dict[str, Any], task: str, queue: str, parent_id: str | None) -> None:
+def test_message_to_job_to_message_is_lossless(
+    args: list[Any], kwargs: dict[str, Any], task: str, queue: str, parent_id: str | None
+) -> None:
     message = celery_message(task, args, kwargs, parent_id=parent_id)
     back = roundtrip(message, queue)
     assert back["headers"]["task"] == task
@@ -151,7 +196,13 @@ def test_message_to_job_to_message_is_lossless(args: list[Any], kwargs: dict[str
     assert back["properties"]["delivery_info"]["routing_key"] == queue
 
 
-@given(extra=st.dictionaries(st.text(min_size=1, max_size=8).filter(lambda k: k not in OWNED_KEYS), json_values, max_size=5))
+@given(
+    extra=st.dictionaries(
+        st.text(min_size=1, max_size=8).filter(lambda k: k not in OWNED_KEYS),
+        json_values,
+        max_size=5,
+    )
+)
 def test_job_to_message_keeps_the_raw_job_byte_for_byte(extra: dict[str, Any]) -> None:
     job = jobs.build("A", [1], extra=extra)
     raw = jobs.dumps(job)
@@ -165,14 +216,21 @@ def test_job_to_message_keeps_the_raw_job_byte_for_byte(extra: dict[str, Any]) -
     queue=st.text(min_size=1, max_size=12),
     kwargs=st.dictionaries(st.text(min_size=1, max_size=6), json_values, max_size=3),
 )
-def test_job_to_message_to_job_keeps_class_args_queue_and_jid(args: list[Any], klass: str, queue: str, kwargs: dict[str, Any]) -> None:
+def test_job_to_message_to_job_keeps_class_args_queue_and_jid(
+    args: list[Any], klass: str, queue: str, kwargs: dict[str, Any]
+) -> None:
     """What a worker receives and republishes (a retry, a chain step) is the same job."""
     extra = {codec.EXTENSION_KEY: {"kwargs": kwargs}} if kwargs else None
     job = jobs.build(klass, args, queue=queue, extra=extra)
     raw = jobs.dumps(job)
     envelope = codec.message_from_job(jobs.parse(raw), raw, queue, REGISTRY)
     again = codec.job_from_message(envelope, queue, REGISTRY)
-    assert (again["class"], again["args"], again["queue"], again["jid"]) == (klass, args, queue, job["jid"])
+    assert (again["class"], again["args"], again["queue"], again["jid"]) == (
+        klass,
+        args,
+        queue,
+        job["jid"],
+    )
     assert again.get(codec.EXTENSION_KEY, {}).get("kwargs", {}) == kwargs
 
 

@@ -31,12 +31,20 @@ def producer(broker_url: str) -> Iterator[Celery]:
     app.close()
 
 
-def results(redis: redis_lib.Redis, klass: str, count: int = 1, timeout: float = 30) -> list[dict[str, Any]]:
-    wait_for(lambda: redis.llen(f"results:{klass}") >= count, timeout=timeout, message=f"{count} runs of {klass}")
+def results(
+    redis: redis_lib.Redis, klass: str, count: int = 1, timeout: float = 30
+) -> list[dict[str, Any]]:
+    wait_for(
+        lambda: redis.llen(f"results:{klass}") >= count,
+        timeout=timeout,
+        message=f"{count} runs of {klass}",
+    )
     return [json.loads(item) for item in redis.lrange(f"results:{klass}", 0, -1)]
 
 
-def test_ruby_perform_async_runs_in_a_celery_worker(celery_worker: Any, redis: redis_lib.Redis, redis_url: str) -> None:
+def test_ruby_perform_async_runs_in_a_celery_worker(
+    celery_worker: Any, redis: redis_lib.Redis, redis_url: str
+) -> None:
     celery_worker()
     jid = ruby_push(redis_url, "Workers::PyWorker", ARGS)
     script = 'class PaymentReportWorker; include Sidekiq::Worker; end; puts PaymentReportWorker.perform_async(7, "2026-11")'
@@ -45,10 +53,16 @@ def test_ruby_perform_async_runs_in_a_celery_worker(celery_worker: Any, redis: r
     assert run["args"] == ARGS
     assert run["id"] == jid
     (report,) = results(redis, "bridge.report")
-    assert (report["args"], report["kwargs"], report["id"]) == ([7], {"month": "2026-11"}, report_jid)
+    assert (report["args"], report["kwargs"], report["id"]) == (
+        [7],
+        {"month": "2026-11"},
+        report_jid,
+    )
 
 
-def test_ruby_perform_in_is_promoted_by_the_celery_workers_poller(celery_worker: Any, redis: redis_lib.Redis, redis_url: str) -> None:
+def test_ruby_perform_in_is_promoted_by_the_celery_workers_poller(
+    celery_worker: Any, redis: redis_lib.Redis, redis_url: str
+) -> None:
     celery_worker()
     jid = ruby_push(redis_url, "Workers::PyWorker", ["later"], at=time.time() + 1)
     assert redis.zcard("schedule") == 1
@@ -56,7 +70,9 @@ def test_ruby_perform_in_is_promoted_by_the_celery_workers_poller(celery_worker:
     assert (run["args"], run["id"]) == (["later"], jid)
 
 
-def test_celery_send_task_writes_a_job_sidekiq_rb_runs(sidekiq_process: Any, redis: redis_lib.Redis, producer: Celery) -> None:
+def test_celery_send_task_writes_a_job_sidekiq_rb_runs(
+    sidekiq_process: Any, redis: redis_lib.Redis, producer: Celery
+) -> None:
     sidekiq_process()
     result = producer.send_task("RubyRecorder", args=ARGS, queue="default")
     producer.send_task("Workers::RubyNested", args=[1])
@@ -66,7 +82,9 @@ def test_celery_send_task_writes_a_job_sidekiq_rb_runs(sidekiq_process: Any, red
     assert results(redis, "Workers::RubyNested")[0]["args"] == [1]
 
 
-def test_ruby_reads_the_job_python_wrote_as_its_own(redis: redis_lib.Redis, redis_url: str, producer: Celery) -> None:
+def test_ruby_reads_the_job_python_wrote_as_its_own(
+    redis: redis_lib.Redis, redis_url: str, producer: Celery
+) -> None:
     producer.send_task("RubyRecorder", args=[1, "x"], queue="critical")
     script = """
     job = Sidekiq::Queue.new("critical").first
@@ -75,14 +93,21 @@ def test_ruby_reads_the_job_python_wrote_as_its_own(redis: redis_lib.Redis, redi
       "latency" => Sidekiq::Queue.new("critical").latency, "queues" => Sidekiq::Queue.all.map(&:name))
     """
     seen = json.loads(ruby_eval(redis_url, script))
-    assert (seen["klass"], seen["args"], seen["queue"], seen["retry"]) == ("RubyRecorder", [1, "x"], "critical", True)
+    assert (seen["klass"], seen["args"], seen["queue"], seen["retry"]) == (
+        "RubyRecorder",
+        [1, "x"],
+        "critical",
+        True,
+    )
     assert len(seen["jid"]) == 24
     assert abs(seen["enqueued_at"] - time.time()) < 30
     assert 0 <= seen["latency"] < 30
     assert seen["queues"] == ["critical"]
 
 
-def test_a_celery_countdown_is_promoted_by_rubys_poller(sidekiq_process: Any, redis: redis_lib.Redis, producer: Celery) -> None:
+def test_a_celery_countdown_is_promoted_by_rubys_poller(
+    sidekiq_process: Any, redis: redis_lib.Redis, producer: Celery
+) -> None:
     sidekiq_process()
     sent = time.time()
     producer.send_task("RubyRecorder", args=["scheduled"], countdown=1)
@@ -92,7 +117,13 @@ def test_a_celery_countdown_is_promoted_by_rubys_poller(sidekiq_process: Any, re
     assert time.time() - sent >= 1
 
 
-def test_python_and_ruby_consume_their_own_queues_side_by_side(sidekiq_process: Any, celery_worker: Any, redis: redis_lib.Redis, redis_url: str, producer: Celery) -> None:
+def test_python_and_ruby_consume_their_own_queues_side_by_side(
+    sidekiq_process: Any,
+    celery_worker: Any,
+    redis: redis_lib.Redis,
+    redis_url: str,
+    producer: Celery,
+) -> None:
     sidekiq_process(queues="ruby")
     celery_worker(queues="python")
     for n in range(5):

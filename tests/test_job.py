@@ -38,8 +38,12 @@ def test_parse_keeps_every_key_in_order(raw: bytes) -> None:
 
 
 def test_timestamps_of_every_writer_read_as_the_same_second() -> None:
-    assert jobs.to_epoch_seconds(jobs.parse(RUBY_6_JOB)["created_at"]) == pytest.approx(1795823099.17, abs=0.01)
-    assert jobs.to_epoch_seconds(jobs.parse(RUBY_8_JOB)["created_at"]) == pytest.approx(1795823099.17, abs=0.01)
+    assert jobs.to_epoch_seconds(jobs.parse(RUBY_6_JOB)["created_at"]) == pytest.approx(
+        1795823099.17, abs=0.01
+    )
+    assert jobs.to_epoch_seconds(jobs.parse(RUBY_8_JOB)["created_at"]) == pytest.approx(
+        1795823099.17, abs=0.01
+    )
     assert jobs.to_epoch_seconds(jobs.parse(RUSTY_JOB)["created_at"]) == 1700000000.0
     assert jobs.to_epoch_seconds(None) is None
     # rusty-sidekiq re-serializes Sidekiq 8 milliseconds as floats.
@@ -60,7 +64,10 @@ def test_timestamps_of_every_writer_read_as_the_same_second() -> None:
         (b'{"class": "A", "args": 5}', "'args' must be a JSON array, not number"),
         (b'{"class": "A", "args": [], "queue": 3}', "'queue' must be a string"),
         (b'{"class": "A", "args": [], "jid": null}', "'jid' must be a string"),
-        (b'{"class": "A", "args": [], "retry": "yes"}', "'retry' must be true, false or an integer"),
+        (
+            b'{"class": "A", "args": [], "retry": "yes"}',
+            "'retry' must be true, false or an integer",
+        ),
         (b'{"class": "A", "args": [], "created_at": "2026"}', "'created_at' must be a number"),
         (b"\xff\xfe", "not JSON"),
     ],
@@ -127,19 +134,38 @@ def test_mark_enqueued_keeps_the_jobs_own_unit() -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
 
-@given(args=st.lists(json_values, max_size=5), extra=st.dictionaries(st.text(min_size=1, max_size=10), json_values, max_size=5))
+@given(
+    args=st.lists(json_values, max_size=5),
+    extra=st.dictionaries(st.text(min_size=1, max_size=10), json_values, max_size=5),
+)
 def test_dump_then_parse_is_identity(args: list[object], extra: dict[str, object]) -> None:
-    job = jobs.build("Some::Class", args, extra={k: v for k, v in extra.items() if k not in jobs.TIMESTAMP_KEYS + ("class", "args", "queue", "jid", "retry")})
+    job = jobs.build(
+        "Some::Class",
+        args,
+        extra={
+            k: v
+            for k, v in extra.items()
+            if k not in (*jobs.TIMESTAMP_KEYS, "class", "args", "queue", "jid", "retry")
+        },
+    )
     assert jobs.parse(jobs.dumps(job)) == job
 
 
 def test_rusty_sidekiqs_null_args_mean_no_args() -> None:
     # rusty-sidekiq's periodic jobs are pushed with "args": null (rusty-sidekiq.md section 3)
-    job = jobs.parse(b'{"class":"A","args":null,"queue":"default","jid":"0123456789abcdef01234567","retry":false,"created_at":1700000000.0}')
+    job = jobs.parse(
+        b'{"class":"A","args":null,"queue":"default","jid":"0123456789abcdef01234567","retry":false,"created_at":1700000000.0}'
+    )
     assert job["args"] is None

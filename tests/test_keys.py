@@ -8,7 +8,12 @@ from kombu_sidekiq.keys import Keys
 def test_plain_keys_are_sidekiqs_own() -> None:
     keys = Keys()
     assert keys.queue("default") == "queue:default"
-    assert (keys.queues, keys.schedule, keys.retry, keys.dead) == ("queues", "schedule", "retry", "dead")
+    assert (keys.queues, keys.schedule, keys.retry, keys.dead) == (
+        "queues",
+        "schedule",
+        "retry",
+        "dead",
+    )
     assert keys.processes == "processes"
     assert keys.periodic == "periodic"
 
@@ -16,7 +21,10 @@ def test_plain_keys_are_sidekiqs_own() -> None:
 def test_namespace_prefixes_every_key_with_one_colon() -> None:
     keys = Keys("yolo_app")
     assert keys.queue("default") == "yolo_app:queue:default"
-    assert keys.unique("default", "HelloWorker", "ab") == "yolo_app:sidekiq:unique:default:HelloWorker:ab"
+    assert (
+        keys.unique("default", "HelloWorker", "ab")
+        == "yolo_app:sidekiq:unique:default:HelloWorker:ab"
+    )
     assert keys.schedule == "yolo_app:schedule"
 
 

@@ -6,6 +6,7 @@ Redis-level tests drive ``kombu_sidekiq.fetch.ReliableFetch`` directly; worker t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import signal
@@ -41,7 +42,10 @@ def test_fetch_moves_jobs_in_flight_in_the_same_step(redis: redis_lib.Redis) -> 
     raws = [push(redis, "A", [n]) for n in range(3)]
     fetch = ReliableFetch(Client(redis), lease=5)
     taken = fetch.fetch(["default"], 2)
-    assert [(item.payload.decode(), item.tag, item.is_job) for item in taken] == [(raws[0], 1, True), (raws[1], 2, True)]
+    assert [(item.payload.decode(), item.tag, item.is_job) for item in taken] == [
+        (raws[0], 1, True),
+        (raws[1], 2, True),
+    ]
     assert held(redis, fetch) == [raws[0].encode(), raws[1].encode()]
     assert redis.llen("queue:default") == 1
     assert redis.ttl(fetch.lease_key) > 0
@@ -104,7 +108,7 @@ def test_settle_moves_a_job_out_of_flight_atomically_and_only_once(redis: redis_
     destinations = ("retry", "schedule", "dead", "tail", "head")
     for to in destinations:
         push(redis, "J", [to])
-    for to, item in zip(destinations, fetch.fetch(["default"], 5)):
+    for to, item in zip(destinations, fetch.fetch(["default"], 5), strict=True):
         assert fetch.settle("default", item.tag, to, f"stored at {to}", at=123.5)  # type: ignore[arg-type]
         assert not fetch.settle("default", item.tag, to, "again")  # gone: nothing stored twice
     assert held(redis, fetch) == []
@@ -114,7 +118,9 @@ def test_settle_moves_a_job_out_of_flight_atomically_and_only_once(redis: redis_
     assert redis.lrange("queue:default", 0, -1) == [b"stored at tail", b"stored at head"]
 
 
-def test_stop_releases_the_lease_and_the_registry_unless_jobs_are_held(redis: redis_lib.Redis) -> None:
+def test_stop_releases_the_lease_and_the_registry_unless_jobs_are_held(
+    redis: redis_lib.Redis,
+) -> None:
     fetch = ReliableFetch(Client(redis), lease=5)
     fetch.watch("default")
     fetch.start()
@@ -127,7 +133,9 @@ def test_stop_releases_the_lease_and_the_registry_unless_jobs_are_held(redis: re
     holder.watch("default")
     holder.fetch(["default"], 1)
     holder.stop()  # Redis is up, but say the requeue had failed: recovery must still find it
-    assert redis.exists(holder.lease_key) and redis.hexists(holder.registry, holder.inflight("default"))
+    assert redis.exists(holder.lease_key) and redis.hexists(
+        holder.registry, holder.inflight("default")
+    )
 
 
 payloads = st.one_of(
@@ -135,15 +143,26 @@ payloads = st.one_of(
     st.text(max_size=40).map(str.encode),
     st.recursive(
         st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["class", "args", "queue", "jid", "retry", "created_at", "x"]), inner, max_size=5),
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(["class", "args", "queue", "jid", "retry", "created_at", "x"]),
+                inner,
+                max_size=5,
+            )
+        ),
         max_leaves=8,
     ).map(lambda value: json.dumps(value).encode()),
 )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(batch=st.lists(payloads, min_size=1, max_size=6, unique=True))
-def test_malformed_payloads_never_crash_the_consumer_nor_vanish(broker_url: str, redis: redis_lib.Redis, batch: list[bytes]) -> None:
+def test_malformed_payloads_never_crash_the_consumer_nor_vanish(
+    broker_url: str, redis: redis_lib.Redis, batch: list[bytes]
+) -> None:
     redis.flushdb()
     marker = jobs.dumps(jobs.build("Marker", []))
     redis.lpush("queue:default", *batch)
@@ -151,6 +170,7 @@ def test_malformed_payloads_never_crash_the_consumer_nor_vanish(broker_url: str,
     delivered: list[bytes] = []
     queue = Queue("default", Exchange("default"), "default")
     with Connection(broker_url, transport_options={"fetch_lease": 5}) as conn:
+
         def on_message(body: Any, message: Any) -> None:
             delivered.append(message.properties["sidekiq_job"].encode())
             message.ack()
@@ -158,10 +178,8 @@ def test_malformed_payloads_never_crash_the_consumer_nor_vanish(broker_url: str,
         with Consumer(conn.default_channel, [queue], callbacks=[on_message], accept=["json"]):
             deadline = time.monotonic() + 10
             while marker.encode() not in delivered and time.monotonic() < deadline:
-                try:
+                with contextlib.suppress(TimeoutError):
                     conn.drain_events(timeout=0.5)
-                except TimeoutError:
-                    pass
     dead = redis.zrange("dead", 0, -1)
     assert marker.encode() in delivered
     # every payload was either run or kept in the dead set, none lost, none twice
@@ -178,7 +196,12 @@ def test_kill_9_mid_job_ten_times_loses_nothing(celery_worker: Any, redis: redis
     client.push_bulk([jobs.build("bridge.sleep", [0.05 + n / 1000]) for n in range(count)])
     rng = random.Random(7)
     for round_ in range(10):
-        worker = celery_worker(name=f"victim{round_}", pool=rng.choice(["solo", "prefork"]), concurrency=2, env={"SIDEKIQ_SETUP": FAST})
+        worker = celery_worker(
+            name=f"victim{round_}",
+            pool=rng.choice(["solo", "prefork"]),
+            concurrency=2,
+            env={"SIDEKIQ_SETUP": FAST},
+        )
         time.sleep(rng.uniform(0.0, 0.6))  # varied timing: the kill lands anywhere in the work
         worker.kill9()
     celery_worker(name="survivor", env={"SIDEKIQ_SETUP": FAST})
@@ -192,23 +215,35 @@ def test_kill_9_mid_job_ten_times_loses_nothing(celery_worker: Any, redis: redis
 
 
 @pytest.mark.worker
-def test_a_job_longer_than_every_timeout_runs_exactly_once_with_two_workers(celery_worker: Any, redis: redis_lib.Redis) -> None:
+def test_a_job_longer_than_every_timeout_runs_exactly_once_with_two_workers(
+    celery_worker: Any, redis: redis_lib.Redis
+) -> None:
     setup = json.dumps({"poll_interval": 0.5, "fetch_lease": 2})
     celery_worker(name="first", env={"SIDEKIQ_SETUP": setup})
     celery_worker(name="second", env={"SIDEKIQ_SETUP": setup})
     Client(redis).push(jobs.build("bridge.sleep", [7]))  # 3.5 leases, many recovery rounds
-    wait_for(lambda: redis.llen("results:bridge.sleep") >= 1, timeout=30, message="the long job started")
+    wait_for(
+        lambda: redis.llen("results:bridge.sleep") >= 1, timeout=30, message="the long job started"
+    )
     wait_for(lambda: redis.get("done:bridge.sleep"), timeout=30, message="the long job finished")
-    wait_for(lambda: not any(redis.hlen(k) for k in redis.keys("celery-sidekiq:inflight:*")), timeout=10, message="ack flushed")
+    wait_for(
+        lambda: not any(redis.hlen(k) for k in redis.keys("celery-sidekiq:inflight:*")),
+        timeout=10,
+        message="ack flushed",
+    )
     assert redis.llen("results:bridge.sleep") == 1
     assert redis.llen("queue:default") == 0
 
 
 @pytest.mark.worker
-def test_sigterm_puts_prefetched_jobs_back_at_the_head(celery_worker: Any, redis: redis_lib.Redis) -> None:
+def test_sigterm_puts_prefetched_jobs_back_at_the_head(
+    celery_worker: Any, redis: redis_lib.Redis
+) -> None:
     worker = celery_worker(env={"SIDEKIQ_SETUP": FAST})
     raws = [push(redis, "bridge.sleep", [1.5 + n / 100]) for n in range(5)]
-    wait_for(lambda: redis.llen("results:bridge.sleep") == 1, timeout=20, message="first job started")
+    wait_for(
+        lambda: redis.llen("results:bridge.sleep") == 1, timeout=20, message="first job started"
+    )
     wait_for(lambda: redis.llen("queue:default") < 4, timeout=10, message="prefetch")
     worker.stop(signal.SIGTERM)
     started = {json.loads(r)["args"][0] for r in redis.lrange("results:bridge.sleep", 0, -1)}

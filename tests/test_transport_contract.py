@@ -6,6 +6,7 @@ kombu 5.7.x release changes one of them, a test here fails.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import threading
@@ -27,10 +28,14 @@ from kombu_sidekiq.keys import Keys
 from kombu_sidekiq.transport import Channel
 
 
-def task_message(channel: Any, task: str, args: list[Any], kwargs: dict[str, Any] | None = None, **headers: Any) -> Any:
+def task_message(
+    channel: Any, task: str, args: list[Any], kwargs: dict[str, Any] | None = None, **headers: Any
+) -> Any:
     sample = codec.sample_message(task, args, kwargs)
     sample["headers"].update(headers)
-    return channel.prepare_message(sample["body"], 0, "application/json", "utf-8", sample["headers"], sample["properties"])
+    return channel.prepare_message(
+        sample["body"], 0, "application/json", "utf-8", sample["headers"], sample["properties"]
+    )
 
 
 @pytest.fixture
@@ -61,29 +66,48 @@ def test_the_overridden_kombu_internals_still_exist_with_the_same_shape() -> Non
     }
     for name, params in expected.items():
         assert list(inspect.signature(getattr(base, name)).parameters) == params, name
-    for attr in ("keyprefix_queue", "keyprefix_binding_permanent", "keyprefix_binding_deadlines", "from_transport_options", "auto_delete_queues"):
+    for attr in (
+        "keyprefix_queue",
+        "keyprefix_binding_permanent",
+        "keyprefix_binding_deadlines",
+        "from_transport_options",
+        "auto_delete_queues",
+    ):
         assert hasattr(base, attr) or attr == "auto_delete_queues", attr
     assert list(inspect.signature(virtual.QoS.restore_unacked).parameters) == ["self"]
     assert list(inspect.signature(virtual.QoS.can_consume_max_estimate).parameters) == ["self"]
-    assert "_restore_at_beginning(self._delivered[delivery_tag])" in inspect.getsource(virtual.QoS.reject)
+    assert "_restore_at_beginning(self._delivered[delivery_tag])" in inspect.getsource(
+        virtual.QoS.reject
+    )
     assert "_brpop_start()" in inspect.getsource(kombu_redis.MultiChannelPoller._register_BRPOP)
     assert "_publish_batch" in inspect.getsource(base._put)
     assert "connection._deliver" in inspect.getsource(base._brpop_read)
 
 
-def test_a_task_message_is_written_as_a_sidekiq_job(connection: Connection, redis: redis_lib.Redis) -> None:
+def test_a_task_message_is_written_as_a_sidekiq_job(
+    connection: Connection, redis: redis_lib.Redis
+) -> None:
     channel = connection.default_channel
     publish(channel, task_message(channel, "Workers::Hard", [1, "x"]), "critical")
     assert redis.smembers("queues") == {b"critical"}
     (raw,) = redis.lrange("queue:critical", 0, -1)
     job = jobs.parse(raw)
-    assert (job["class"], job["args"], job["queue"], job["retry"]) == ("Workers::Hard", [1, "x"], "critical", True)
+    assert (job["class"], job["args"], job["queue"], job["retry"]) == (
+        "Workers::Hard",
+        [1, "x"],
+        "critical",
+        True,
+    )
     assert set(job) >= {"jid", "created_at", "enqueued_at"}
 
 
-def test_other_messages_stay_kombu_envelopes_out_of_sidekiqs_sight(connection: Connection, redis: redis_lib.Redis) -> None:
+def test_other_messages_stay_kombu_envelopes_out_of_sidekiqs_sight(
+    connection: Connection, redis: redis_lib.Redis
+) -> None:
     channel = connection.default_channel
-    reply = channel.prepare_message('{"ok": 1}', 0, "application/json", "utf-8", {"ticket": "t"}, {})
+    reply = channel.prepare_message(
+        '{"ok": 1}', 0, "application/json", "utf-8", {"ticket": "t"}, {}
+    )
     publish(channel, reply, "abc.reply.celery.pidbox")
     assert redis.smembers("queues") == set()
     assert redis.keys("queue:*") == []
@@ -92,7 +116,9 @@ def test_other_messages_stay_kombu_envelopes_out_of_sidekiqs_sight(connection: C
     assert json.loads(message.body) == {"ok": 1}
 
 
-def test_a_job_arrives_as_a_celery_message_and_its_ack_clears_it(connection: Connection, redis: redis_lib.Redis) -> None:
+def test_a_job_arrives_as_a_celery_message_and_its_ack_clears_it(
+    connection: Connection, redis: redis_lib.Redis
+) -> None:
     Client(redis).push(jobs.build("Workers::Hard", [1, {"a": "b"}], jid="c65c0a3b81d5e7e3c5a748cf"))
     channel = connection.default_channel
     message = channel.basic_get("default")
@@ -106,7 +132,9 @@ def test_a_job_arrives_as_a_celery_message_and_its_ack_clears_it(connection: Con
     assert redis.hlen(inflight) == 0 and redis.llen("queue:default") == 0
 
 
-def test_an_unacked_job_goes_back_to_the_head_of_its_queue_byte_for_byte(broker_url: str, redis: redis_lib.Redis) -> None:
+def test_an_unacked_job_goes_back_to_the_head_of_its_queue_byte_for_byte(
+    broker_url: str, redis: redis_lib.Redis
+) -> None:
     raw = '{"class":"A","args":[1],"queue":"default","jid":"c65c0a3b81d5e7e3c5a748cf","retry":true,"created_at":1.5,"bid":"x","cattr":{"u":1}}'
     redis.lpush("queue:default", raw)
     redis.lpush("queue:default", jobs.dumps(jobs.build("B", [])))
@@ -117,7 +145,9 @@ def test_an_unacked_job_goes_back_to_the_head_of_its_queue_byte_for_byte(broker_
     assert redis.llen("queue:default") == 2
 
 
-def test_reject_with_requeue_puts_the_job_at_the_back(connection: Connection, redis: redis_lib.Redis) -> None:
+def test_reject_with_requeue_puts_the_job_at_the_back(
+    connection: Connection, redis: redis_lib.Redis
+) -> None:
     first, second = (jobs.dumps(jobs.build(k, [])) for k in "AB")
     redis.lpush("queue:default", first, second)
     message = connection.default_channel.basic_get("default")
@@ -126,12 +156,18 @@ def test_reject_with_requeue_puts_the_job_at_the_back(connection: Connection, re
     assert redis.lrange("queue:default", 0, -1) == [first.encode(), second.encode()]
 
 
-def test_eta_goes_to_the_schedule_zset_without_enqueued_at(connection: Connection, redis: redis_lib.Redis) -> None:
+def test_eta_goes_to_the_schedule_zset_without_enqueued_at(
+    connection: Connection, redis: redis_lib.Redis
+) -> None:
     channel = connection.default_channel
     eta = time.time() + 60
     from datetime import datetime, timezone
 
-    publish(channel, task_message(channel, "A", [1], eta=datetime.fromtimestamp(eta, timezone.utc).isoformat()), "default")
+    publish(
+        channel,
+        task_message(channel, "A", [1], eta=datetime.fromtimestamp(eta, timezone.utc).isoformat()),
+        "default",
+    )
     assert redis.llen("queue:default") == 0
     ((raw, score),) = redis.zrange("schedule", 0, -1, withscores=True)
     assert score == pytest.approx(eta, abs=0.001)
@@ -145,24 +181,33 @@ def test_a_past_eta_is_enqueued_at_once(connection: Connection, redis: redis_lib
     assert redis.zcard("schedule") == 0
 
 
-@pytest.mark.parametrize("payload", [b"{not json", b"[1,2]", b'{"class":"A","args":"no"}', b'{"args":[]}'])
-def test_a_malformed_payload_goes_to_the_dead_set_and_the_next_job_is_delivered(connection: Connection, redis: redis_lib.Redis, payload: bytes) -> None:
+@pytest.mark.parametrize(
+    "payload", [b"{not json", b"[1,2]", b'{"class":"A","args":"no"}', b'{"args":[]}']
+)
+def test_a_malformed_payload_goes_to_the_dead_set_and_the_next_job_is_delivered(
+    connection: Connection, redis: redis_lib.Redis, payload: bytes
+) -> None:
     good = jobs.dumps(jobs.build("Good", [1]))
     redis.lpush("queue:default", payload, good)  # BRPOP takes the payload first
     received: list[Any] = []
     queue = Queue("default", Exchange("default"), "default")
-    with Consumer(connection.default_channel, [queue], callbacks=[lambda body, m: received.append(m)], accept=["json"]):
+    with Consumer(
+        connection.default_channel,
+        [queue],
+        callbacks=[lambda body, m: received.append(m)],
+        accept=["json"],
+    ):
         deadline = time.monotonic() + 10
         while not received and time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(TimeoutError):
                 connection.drain_events(timeout=1)
-            except TimeoutError:
-                pass
     assert [m.headers["task"] for m in received] == ["Good"]
     assert redis.zrange("dead", 0, -1) == [payload]
 
 
-def test_queue_delete_never_deletes_a_sidekiq_list_and_purge_empties_it(connection: Connection, redis: redis_lib.Redis) -> None:
+def test_queue_delete_never_deletes_a_sidekiq_list_and_purge_empties_it(
+    connection: Connection, redis: redis_lib.Redis
+) -> None:
     Client(redis).push(jobs.build("A", []))
     channel = connection.default_channel
     channel.queue_declare("default")
@@ -176,7 +221,9 @@ def test_namespace_prefixes_every_key(broker_url: str, redis: redis_lib.Redis) -
     with Connection(broker_url, transport_options={"namespace": "ns"}) as conn:
         channel = conn.default_channel
         publish(channel, task_message(channel, "A", [1]), "default")
-        publish(channel, task_message(channel, "A", [2], eta="2099-01-01T00:00:00+00:00"), "default")
+        publish(
+            channel, task_message(channel, "A", [2], eta="2099-01-01T00:00:00+00:00"), "default"
+        )
         assert redis.smembers("ns:queues") == {b"default"}
         assert redis.llen("ns:queue:default") == 1
         assert redis.zcard("ns:schedule") == 1
@@ -186,8 +233,13 @@ def test_namespace_prefixes_every_key(broker_url: str, redis: redis_lib.Redis) -
     assert not [k for k in redis.keys("*") if not k.startswith(b"ns:")]
 
 
-def test_global_keyprefix_is_refused_with_what_to_use_instead(broker_url: str, redis: redis_lib.Redis) -> None:
-    with Connection(broker_url, transport_options={"global_keyprefix": "x:"}) as conn, pytest.raises(ValueError, match="namespace"):
+def test_global_keyprefix_is_refused_with_what_to_use_instead(
+    broker_url: str, redis: redis_lib.Redis
+) -> None:
+    with (
+        Connection(broker_url, transport_options={"global_keyprefix": "x:"}) as conn,
+        pytest.raises(ValueError, match="namespace"),
+    ):
         conn.default_channel  # noqa: B018
 
 
@@ -200,7 +252,9 @@ def test_sidekiq_8_writes_millisecond_timestamps(broker_url: str, redis: redis_l
     assert jobs.to_epoch_seconds(job["created_at"]) == pytest.approx(time.time(), abs=5)
 
 
-def test_batch_publishing_writes_jobs_in_one_pipeline(connection: Connection, redis: redis_lib.Redis) -> None:
+def test_batch_publishing_writes_jobs_in_one_pipeline(
+    connection: Connection, redis: redis_lib.Redis
+) -> None:
     producer = Producer(connection.default_channel)
     channel = connection.default_channel
     batch = channel.create_publish_batch(100)
@@ -215,7 +269,9 @@ def test_batch_publishing_writes_jobs_in_one_pipeline(connection: Connection, re
 def test_pickle_never_reaches_redis(connection: Connection, redis: redis_lib.Redis) -> None:
     channel = connection.default_channel
     sample = codec.sample_message("A", [1])
-    message = channel.prepare_message(b"\x80\x04K\x01.", 0, "application/x-python-serialize", "binary", sample["headers"], {})
+    message = channel.prepare_message(
+        b"\x80\x04K\x01.", 0, "application/x-python-serialize", "binary", sample["headers"], {}
+    )
     with pytest.raises(codec.CodecError, match="JSON only"):
         publish(channel, message, "default")
     assert redis.keys("*") == []
@@ -243,9 +299,13 @@ def test_an_unreadable_scheduled_member_is_buried_not_lost(redis: redis_lib.Redi
     assert redis.zcard("schedule") == 0
 
 
-def test_racing_pollers_promote_each_job_exactly_once(redis_server: Any, redis: redis_lib.Redis) -> None:
+def test_racing_pollers_promote_each_job_exactly_once(
+    redis_server: Any, redis: redis_lib.Redis
+) -> None:
     due = time.time() - 1
-    redis.zadd("schedule", {jobs.dumps(jobs.build("A", [n], scheduled=True)): due for n in range(500)})
+    redis.zadd(
+        "schedule", {jobs.dumps(jobs.build("A", [n], scheduled=True)): due for n in range(500)}
+    )
     counts: list[int] = []
     barrier = threading.Barrier(4)
 
@@ -260,7 +320,9 @@ def test_racing_pollers_promote_each_job_exactly_once(redis_server: Any, redis: 
     for thread in threads:
         thread.join()
     assert sum(counts) == 500
-    assert sorted(jobs.parse(r)["args"][0] for r in redis.lrange("queue:default", 0, -1)) == list(range(500))
+    assert sorted(jobs.parse(r)["args"][0] for r in redis.lrange("queue:default", 0, -1)) == list(
+        range(500)
+    )
 
 
 def test_the_namespaced_client_keeps_to_its_namespace(redis: redis_lib.Redis) -> None:
@@ -271,4 +333,6 @@ def test_the_namespaced_client_keeps_to_its_namespace(redis: redis_lib.Redis) ->
 
 
 def test_channel_options_are_kombu_transport_options() -> None:
-    assert {"namespace", "sidekiq_version", "sidekiq_registry"} <= set(Channel.from_transport_options)
+    assert {"namespace", "sidekiq_version", "sidekiq_registry"} <= set(
+        Channel.from_transport_options
+    )

@@ -42,7 +42,9 @@ def _stub(name: str) -> Any:
 
 
 #: One callable per task name for every producer app (Celery warns when a name changes callable).
-STUBS = {name: _stub(name) for name in ("Workers::PyWorker", "bridge.add", "bridge.tsum", "bridge.sleep")}
+STUBS = {
+    name: _stub(name) for name in ("Workers::PyWorker", "bridge.add", "bridge.tsum", "bridge.sleep")
+}
 _report_stub = _stub("bridge.report")
 
 
@@ -58,12 +60,20 @@ def producer(broker_url: str, result_url: str) -> Iterator[Celery]:
     app.close()
 
 
-def results(redis: redis_lib.Redis, task: str, count: int = 1, timeout: float = 20) -> list[dict[str, Any]]:
-    wait_for(lambda: redis.llen(f"results:{task}") >= count, timeout=timeout, message=f"{count} runs of {task}")
+def results(
+    redis: redis_lib.Redis, task: str, count: int = 1, timeout: float = 20
+) -> list[dict[str, Any]]:
+    wait_for(
+        lambda: redis.llen(f"results:{task}") >= count,
+        timeout=timeout,
+        message=f"{count} runs of {task}",
+    )
     return [json.loads(item) for item in redis.lrange(f"results:{task}", 0, -1)]
 
 
-def test_a_sidekiq_job_runs_as_the_task_named_like_its_class(celery_worker: Any, redis: redis_lib.Redis) -> None:
+def test_a_sidekiq_job_runs_as_the_task_named_like_its_class(
+    celery_worker: Any, redis: redis_lib.Redis
+) -> None:
     celery_worker()
     job = jobs.build("Workers::PyWorker", [1, "two", {"three": [3]}], extra={"bid": "b-9"})
     Client(redis).push(job)
@@ -76,22 +86,33 @@ def test_a_sidekiq_job_runs_as_the_task_named_like_its_class(celery_worker: Any,
     wait_for(lambda: redis.hlen("celery-sidekiq:unacked") == 0, timeout=10, message="ack")
 
 
-def test_a_task_may_keep_a_pythonic_name_and_declare_its_sidekiq_class(celery_worker: Any, redis: redis_lib.Redis, producer: Celery) -> None:
+def test_a_task_may_keep_a_pythonic_name_and_declare_its_sidekiq_class(
+    celery_worker: Any, redis: redis_lib.Redis, producer: Celery
+) -> None:
     celery_worker()
     Client(redis).push(jobs.build("PaymentReportWorker", [42]))
     producer.tasks["bridge.report"].delay(43, month="2026-11")
     runs = results(redis, "bridge.report", 2)
-    assert [(r["args"], r["kwargs"]) for r in runs] == [([42], {"month": None}), ([43], {"month": "2026-11"})]
+    assert [(r["args"], r["kwargs"]) for r in runs] == [
+        ([42], {"month": None}),
+        ([43], {"month": "2026-11"}),
+    ]
 
 
-def test_python_to_python_keeps_kwargs_and_ids(celery_worker: Any, redis: redis_lib.Redis, producer: Celery) -> None:
+def test_python_to_python_keeps_kwargs_and_ids(
+    celery_worker: Any, redis: redis_lib.Redis, producer: Celery
+) -> None:
     celery_worker()
-    result = producer.tasks["Workers::PyWorker"].apply_async((1,), {"k": {"nested": [1, 2]}}, queue="default")
+    result = producer.tasks["Workers::PyWorker"].apply_async(
+        (1,), {"k": {"nested": [1, 2]}}, queue="default"
+    )
     (run,) = results(redis, "Workers::PyWorker")
     assert (run["args"], run["kwargs"], run["id"]) == ([1], {"k": {"nested": [1, 2]}}, result.id)
 
 
-def test_countdown_waits_in_the_schedule_zset_not_in_the_worker(celery_worker: Any, redis: redis_lib.Redis, producer: Celery) -> None:
+def test_countdown_waits_in_the_schedule_zset_not_in_the_worker(
+    celery_worker: Any, redis: redis_lib.Redis, producer: Celery
+) -> None:
     worker = celery_worker()
     sent = time.time()
     producer.tasks["bridge.add"].apply_async((2, 3), countdown=2)
@@ -103,10 +124,17 @@ def test_countdown_waits_in_the_schedule_zset_not_in_the_worker(celery_worker: A
     assert "received" in worker.log_text()
 
 
-def test_chain_group_and_chord_work_between_python_workers(celery_worker: Any, redis: redis_lib.Redis, producer: Celery, result_url: str) -> None:
+def test_chain_group_and_chord_work_between_python_workers(
+    celery_worker: Any, redis: redis_lib.Redis, producer: Celery, result_url: str
+) -> None:
     celery_worker(pool="prefork", concurrency=2, env={"RESULT_BACKEND": result_url})
     add = producer.signature
-    assert chain(add("bridge.add", (1, 2)), add("bridge.add", (10,)), add("bridge.add", (100,)))().get(timeout=30) == 113
+    assert (
+        chain(add("bridge.add", (1, 2)), add("bridge.add", (10,)), add("bridge.add", (100,)))().get(
+            timeout=30
+        )
+        == 113
+    )
     assert group(add("bridge.add", (n, n)) for n in range(5))().get(timeout=30) == [0, 2, 4, 6, 8]
     header = [add("bridge.add", (n, 1)) for n in range(4)]
     assert chord(header)(add("bridge.tsum", ())).get(timeout=30) == 10
@@ -116,7 +144,9 @@ def test_chain_group_and_chord_work_between_python_workers(celery_worker: Any, r
     assert None not in parents
 
 
-def test_celerys_own_traffic_works_and_stays_out_of_sidekiqs_sight(celery_worker: Any, redis: redis_lib.Redis, producer: Celery) -> None:
+def test_celerys_own_traffic_works_and_stays_out_of_sidekiqs_sight(
+    celery_worker: Any, redis: redis_lib.Redis, producer: Celery
+) -> None:
     celery_worker(extra_args=["-E"])
     replies = producer.control.ping(timeout=5)
     assert replies and all(reply[next(iter(reply))] == {"ok": "pong"} for reply in replies)
@@ -135,7 +165,9 @@ def test_rpc_results_come_back(celery_worker: Any, redis: redis_lib.Redis, broke
     app.close()
 
 
-def test_namespace_keeps_every_key_under_its_prefix(celery_worker: Any, redis: redis_lib.Redis, broker_url: str) -> None:
+def test_namespace_keeps_every_key_under_its_prefix(
+    celery_worker: Any, redis: redis_lib.Redis, broker_url: str
+) -> None:
     setup = {"namespace": "tenant", "poll_interval": 0.5}
     celery_worker(env={"SIDEKIQ_SETUP": json.dumps(setup)})
     from kombu_sidekiq.keys import Keys
@@ -143,15 +175,23 @@ def test_namespace_keeps_every_key_under_its_prefix(celery_worker: Any, redis: r
     Client(redis, Keys("tenant")).push(jobs.build("Workers::PyWorker", ["ns"]))
     (run,) = results(redis, "Workers::PyWorker")
     assert run["args"] == ["ns"]
-    own = [k for k in redis.keys("*") if not k.startswith((b"tenant:", b"results:", b"_kombu.binding.celery"))]
+    own = [
+        k
+        for k in redis.keys("*")
+        if not k.startswith((b"tenant:", b"results:", b"_kombu.binding.celery"))
+    ]
     assert own == []
 
 
-def test_celery_purge_names_the_queue_and_only_then_empties_it(redis: redis_lib.Redis, broker_url: str) -> None:
+def test_celery_purge_names_the_queue_and_only_then_empties_it(
+    redis: redis_lib.Redis, broker_url: str
+) -> None:
     Client(redis).push_bulk([jobs.build("RubyOnly", [n]) for n in range(3)])
     env = {"BROKER_URL": broker_url, "PYTHONPATH": f"{APPS}:{APPS.parent.parent}"}
     command = [sys.executable, "-m", "celery", "-A", "bridge_app", "purge", "-f", "-Q", "default"]
-    out = subprocess.run(command, cwd=APPS, env=env, capture_output=True, text=True, timeout=60, check=True)
+    out = subprocess.run(
+        command, cwd=APPS, env=env, capture_output=True, text=True, timeout=60, check=True
+    )
     assert "Purged 3 messages" in out.stdout
     assert redis.llen("queue:default") == 0
 

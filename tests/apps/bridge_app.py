@@ -40,7 +40,9 @@ def gatekeeper(job: dict[str, Any], call_next: Any) -> Any:
     return call_next()
 
 
-app = Celery("bridge_app", broker=os.environ["BROKER_URL"], backend=os.environ.get("RESULT_BACKEND"))
+app = Celery(
+    "bridge_app", broker=os.environ["BROKER_URL"], backend=os.environ.get("RESULT_BACKEND")
+)
 celery_sidekiq.setup(
     app,
     **json.loads(os.environ.get("SIDEKIQ_SETUP") or '{"poll_interval": 0.5}'),
@@ -48,7 +50,11 @@ celery_sidekiq.setup(
 )
 app.conf.worker_hijack_root_logger = False
 
-_redis_url = os.environ["BROKER_URL"].replace("sidekiq://", "redis://", 1).replace("sidekiqs://", "rediss://", 1)
+_redis_url = (
+    os.environ["BROKER_URL"]
+    .replace("sidekiq://", "redis://", 1)
+    .replace("sidekiqs://", "rediss://", 1)
+)
 store = redis.Redis.from_url(_redis_url)
 
 
