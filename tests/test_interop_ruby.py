@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import redis as redis_lib
 from celery import Celery
+from support.recorded import runs
 from support.ruby import ruby_eval, ruby_push
-from support.waiting import wait_for
 
 import celery_sidekiq
 
@@ -31,17 +31,6 @@ def producer(broker_url: str) -> Iterator[Celery]:
     app.close()
 
 
-def results(
-    redis: redis_lib.Redis, klass: str, count: int = 1, timeout: float = 30
-) -> list[dict[str, Any]]:
-    wait_for(
-        lambda: redis.llen(f"results:{klass}") >= count,
-        timeout=timeout,
-        message=f"{count} runs of {klass}",
-    )
-    return [json.loads(item) for item in redis.lrange(f"results:{klass}", 0, -1)]
-
-
 def test_ruby_perform_async_runs_in_a_celery_worker(
     celery_worker: Any, redis: redis_lib.Redis, redis_url: str
 ) -> None:
@@ -49,10 +38,10 @@ def test_ruby_perform_async_runs_in_a_celery_worker(
     jid = ruby_push(redis_url, "Workers::PyWorker", ARGS)
     script = 'class PaymentReportWorker; include Sidekiq::Worker; end; puts PaymentReportWorker.perform_async(7, "2026-11")'
     report_jid = ruby_eval(redis_url, script)
-    (run,) = results(redis, "Workers::PyWorker")
+    (run,) = runs(redis, "Workers::PyWorker")
     assert run["args"] == ARGS
     assert run["id"] == jid
-    (report,) = results(redis, "bridge.report")
+    (report,) = runs(redis, "bridge.report")
     assert (report["args"], report["kwargs"], report["id"]) == (
         [7],
         {"month": "2026-11"},
@@ -66,7 +55,7 @@ def test_ruby_perform_in_is_promoted_by_the_celery_workers_poller(
     celery_worker()
     jid = ruby_push(redis_url, "Workers::PyWorker", ["later"], at=time.time() + 1)
     assert redis.zcard("schedule") == 1
-    (run,) = results(redis, "Workers::PyWorker")
+    (run,) = runs(redis, "Workers::PyWorker")
     assert (run["args"], run["id"]) == (["later"], jid)
 
 
@@ -76,10 +65,10 @@ def test_celery_send_task_writes_a_job_sidekiq_rb_runs(
     sidekiq_process()
     result = producer.send_task("RubyRecorder", args=ARGS, queue="default")
     producer.send_task("Workers::RubyNested", args=[1])
-    (run,) = results(redis, "RubyRecorder")
+    (run,) = runs(redis, "RubyRecorder")
     assert run["args"] == ARGS
     assert run["jid"] == result.id.replace("-", "")[:24]
-    assert results(redis, "Workers::RubyNested")[0]["args"] == [1]
+    assert runs(redis, "Workers::RubyNested")[0]["args"] == [1]
 
 
 def test_ruby_reads_the_job_python_wrote_as_its_own(
@@ -112,7 +101,7 @@ def test_a_celery_countdown_is_promoted_by_rubys_poller(
     sent = time.time()
     producer.send_task("RubyRecorder", args=["scheduled"], countdown=1)
     assert redis.zcard("schedule") == 1
-    (run,) = results(redis, "RubyRecorder")
+    (run,) = runs(redis, "RubyRecorder")
     assert run["args"] == ["scheduled"]
     assert time.time() - sent >= 1
 
@@ -129,6 +118,6 @@ def test_python_and_ruby_consume_their_own_queues_side_by_side(
     for n in range(5):
         ruby_push(redis_url, "Workers::PyWorker", [n], queue="python")
         producer.send_task("RubyRecorder", args=[n], queue="ruby")
-    assert sorted(r["args"][0] for r in results(redis, "Workers::PyWorker", 5)) == list(range(5))
-    assert sorted(r["args"][0] for r in results(redis, "RubyRecorder", 5)) == list(range(5))
+    assert sorted(r["args"][0] for r in runs(redis, "Workers::PyWorker", 5)) == list(range(5))
+    assert sorted(r["args"][0] for r in runs(redis, "RubyRecorder", 5)) == list(range(5))
     assert redis.smembers("queues") == {b"python", b"ruby"}

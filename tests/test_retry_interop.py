@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis as redis_lib
+from support.recorded import runs
 from support.ruby import ruby_eval, ruby_push
 from support.waiting import wait_for
 
@@ -30,17 +31,6 @@ puts JSON.generate(
 )
 entry.retry
 """
-
-
-def runs(
-    redis: redis_lib.Redis, task: str, count: int, timeout: float = 20
-) -> list[dict[str, Any]]:
-    wait_for(
-        lambda: redis.llen(f"results:{task}") >= count,
-        timeout=timeout,
-        message=f"{count} runs of {task}",
-    )
-    return [json.loads(item) for item in redis.lrange(f"results:{task}", 0, -1)]
 
 
 def test_ruby_reads_python_failures_and_retry_now_reruns_them(

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import redis as redis_lib
+from support.recorded import runs
 from support.waiting import wait_for
 
 from kombu_sidekiq import backtrace
@@ -19,17 +20,6 @@ from kombu_sidekiq import job as jobs
 from kombu_sidekiq.client import Client
 
 pytestmark = pytest.mark.worker
-
-
-def runs(
-    redis: redis_lib.Redis, task: str, count: int = 1, timeout: float = 20
-) -> list[dict[str, Any]]:
-    wait_for(
-        lambda: redis.llen(f"results:{task}") >= count,
-        timeout=timeout,
-        message=f"{count} runs of {task}",
-    )
-    return [json.loads(item) for item in redis.lrange(f"results:{task}", 0, -1)]
 
 
 def zset_jobs(redis: redis_lib.Redis, key: str) -> dict[str, tuple[dict[str, Any], float, bytes]]:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis as redis_lib
 from celery import Celery, chain, chord, group
+from support.recorded import runs
 from support.waiting import wait_for
 
 import celery_sidekiq
@@ -60,24 +61,13 @@ def producer(broker_url: str, result_url: str) -> Iterator[Celery]:
     app.close()
 
 
-def results(
-    redis: redis_lib.Redis, task: str, count: int = 1, timeout: float = 20
-) -> list[dict[str, Any]]:
-    wait_for(
-        lambda: redis.llen(f"results:{task}") >= count,
-        timeout=timeout,
-        message=f"{count} runs of {task}",
-    )
-    return [json.loads(item) for item in redis.lrange(f"results:{task}", 0, -1)]
-
-
 def test_a_sidekiq_job_runs_as_the_task_named_like_its_class(
     celery_worker: Any, redis: redis_lib.Redis
 ) -> None:
     celery_worker()
     job = jobs.build("Workers::PyWorker", [1, "two", {"three": [3]}], extra={"bid": "b-9"})
     Client(redis).push(job)
-    (run,) = results(redis, "Workers::PyWorker")
+    (run,) = runs(redis, "Workers::PyWorker")
     assert run["args"] == [1, "two", {"three": [3]}]
     assert run["kwargs"] == {}
     assert run["id"] == job["jid"]
@@ -92,8 +82,8 @@ def test_a_task_may_keep_a_pythonic_name_and_declare_its_sidekiq_class(
     celery_worker()
     Client(redis).push(jobs.build("PaymentReportWorker", [42]))
     producer.tasks["bridge.report"].delay(43, month="2026-11")
-    runs = results(redis, "bridge.report", 2)
-    assert [(r["args"], r["kwargs"]) for r in runs] == [
+    reports = runs(redis, "bridge.report", 2)
+    assert [(r["args"], r["kwargs"]) for r in reports] == [
         ([42], {"month": None}),
         ([43], {"month": "2026-11"}),
     ]
@@ -106,7 +96,7 @@ def test_python_to_python_keeps_kwargs_and_ids(
     result = producer.tasks["Workers::PyWorker"].apply_async(
         (1,), {"k": {"nested": [1, 2]}}, queue="default"
     )
-    (run,) = results(redis, "Workers::PyWorker")
+    (run,) = runs(redis, "Workers::PyWorker")
     assert (run["args"], run["kwargs"], run["id"]) == ([1], {"k": {"nested": [1, 2]}}, result.id)
 
 
@@ -117,7 +107,7 @@ def test_countdown_waits_in_the_schedule_zset_not_in_the_worker(
     sent = time.time()
     producer.tasks["bridge.add"].apply_async((2, 3), countdown=2)
     assert redis.zcard("schedule") == 1
-    (run,) = results(redis, "bridge.add")
+    (run,) = runs(redis, "bridge.add")
     assert time.time() - sent >= 2
     assert run["args"] == [2, 3]
     assert redis.zcard("schedule") == 0
@@ -139,8 +129,8 @@ def test_chain_group_and_chord_work_between_python_workers(
     header = [add("bridge.add", (n, 1)) for n in range(4)]
     assert chord(header)(add("bridge.tsum", ())).get(timeout=30) == 10
     # the chain's second step carried the first's id as its parent
-    runs = results(redis, "bridge.add", 1 + 2 + 5 + 4)
-    parents = {r["parent_id"] for r in runs if r["args"] in ([3, 10], [13, 100])}
+    adds = runs(redis, "bridge.add", 1 + 2 + 5 + 4)
+    parents = {r["parent_id"] for r in adds if r["args"] in ([3, 10], [13, 100])}
     assert None not in parents
 
 
@@ -173,7 +163,7 @@ def test_namespace_keeps_every_key_under_its_prefix(
     from kombu_sidekiq.keys import Keys
 
     Client(redis, Keys("tenant")).push(jobs.build("Workers::PyWorker", ["ns"]))
-    (run,) = results(redis, "Workers::PyWorker")
+    (run,) = runs(redis, "Workers::PyWorker")
     assert run["args"] == ["ns"]
     own = [
         k
