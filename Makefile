@@ -3,6 +3,7 @@
 PY ?= python3
 VENV ?= .venv
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 LINT_PATHS ?= kombu_sidekiq celery_sidekiq tests
 STAMP := $(VENV)/.installed
 
@@ -34,7 +35,7 @@ demo: deps venv
 	$(VENV)/bin/python examples/demo.py
 
 bench: deps venv
-	$(VENV)/bin/python bench/run.py
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis tests/artifacts

@@ -37,6 +37,10 @@ class CeleryRegistry:
         self._seen = -1
         register_wrapper_tasks(app)  # the tasks of ActiveJob jobs that cannot be unwrapped
 
+    def __json__(self) -> str:
+        # It rides in broker_transport_options, which `celery inspect stats` sends as JSON.
+        return f"CeleryRegistry({self.app.main!r})"
+
     def task_for(self, klass: str) -> str:
         """The task that runs ``klass``: one declaring it as ``sidekiq_class``, else its name."""
         tasks = self.app.tasks

@@ -267,6 +267,10 @@ class UnknownClass:
         self._lock = threading.Lock()
         self._requeued: OrderedDict[str, float] = OrderedDict()
 
+    def __json__(self) -> str:
+        # It rides in broker_transport_options, which `celery inspect stats` sends as JSON.
+        return f"UnknownClass({self.mode!r})"
+
     def __call__(self, queue: str, job: Job, raw: str) -> Divert | None:
         if not self.active:
             return None

@@ -63,8 +63,9 @@ class Poller:
 
     def run(self) -> None:
         # The first poll waits a random part of one interval: a fleet restarted at once
-        # spreads its polls from the start.
-        while not self._stopped.wait(self.interval * random.random()):
+        # spreads its polls from the start. Then 0.5 to 1.5 intervals between polls.
+        wait = self.interval * random.random()
+        while not self._stopped.wait(wait):
             try:
                 moved = self.enqueue()
             except Exception as exc:  # Redis down, a bad script reply: log, wait, try again
@@ -72,8 +73,7 @@ class Poller:
                 moved = 0
             if moved:
                 logger.debug("scheduled poller: moved %d due jobs", moved)
-            if self._stopped.wait(self.random_wait()):
-                break
+            wait = self.random_wait()
 
 
 def client_for(connection: Connection) -> Callable[[], Client]:

@@ -139,9 +139,13 @@ def _json_type(value: Any) -> str:
     return "number"
 
 
+#: One encoder for every job: ``json.dumps`` with options builds a new one per call.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def dumps(job: Job) -> str:
     """Compact JSON, as ``JSON.generate`` and ``serde_json`` write it, UTF-8 left unescaped."""
-    return json.dumps(job, separators=(",", ":"), ensure_ascii=False)
+    return _encode(job)
 
 
 def retry_option(job: Job) -> bool | int:

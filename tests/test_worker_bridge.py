@@ -141,6 +141,8 @@ def test_celerys_own_traffic_works_and_stays_out_of_sidekiqs_sight(
     replies = producer.control.ping(timeout=5)
     assert replies and all(reply[next(iter(reply))] == {"ok": "pong"} for reply in replies)
     assert producer.control.inspect(timeout=5).active_queues()
+    (stats,) = producer.control.inspect(timeout=5).stats().values()  # carries our transport options
+    assert stats["broker"]["transport"] == "sidekiq"
     producer.control.rate_limit("bridge.add", "100/s", reply=True, timeout=5)
     assert redis.smembers("queues") == set()
     assert redis.keys("queue:*") == []

@@ -1,0 +1,1 @@
+"""The benchmark suite: ``make bench`` (``bench/run.py``); see docs/PERFORMANCE.md."""
