@@ -252,8 +252,8 @@ def _payloads(
                     f"push_bulk(): args_list[{index}] cannot be written as JSON ({exc}); "
                     "Sidekiq jobs carry JSON values only"
                 ) from None
-            reason = oversize(len(payload.encode()), max_bytes)
-            if reason is not None:
+            reason = max_bytes and oversize(len(payload.encode()), max_bytes)
+            if reason:
                 raise PayloadTooLarge(
                     f"push_bulk(): args_list[{index}] is {reason}; nothing was written"
                 )
