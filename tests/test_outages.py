@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import redis as redis_lib
 from celery import Celery
+from support.beat import Beat
 from support.procs import REPO_ROOT, tail, terminate
 from support.redis_server import RedisServer
 from support.waiting import wait_for
@@ -284,3 +285,36 @@ def test_an_idle_worker_on_a_demoted_server_reconnects_instead_of_dying(
     sent += push(server, 3)
     wait_ran(server, set(sent))
     assert worker.running
+
+
+def test_beat_carries_on_through_redis_restarts(server: RedisServer, tmp_path: Path) -> None:
+    """`celery beat -S sidekiq` reconnects by itself and keeps firing, each fire once."""
+    schedule = {"every-second": {"task": "Workers::Tick", "every": 1, "args": ["tick"]}}
+    beat = Beat(url_of(server), tmp_path / "beat.log", schedule).start()
+    try:
+        wait_for(beat.ready, timeout=30, message="beat up")
+
+        def fired() -> int:
+            with client(server) as conn:
+                return int(conn.llen("queue:default"))
+
+        def fires_again(after: int) -> None:
+            wait_for(
+                lambda: fired() >= after + 3,
+                timeout=40,
+                interval=0.2,
+                message=f"beat fires again\n{beat.log_tail(30)}",
+                ignore=(redis_lib.ConnectionError, redis_lib.TimeoutError),
+            )
+
+        fires_again(0)
+        server.restart()
+        fires_again(fired())
+        crash(server)
+        fires_again(fired())
+        assert beat.running, beat.log_tail(30)
+        with client(server) as conn:
+            jids = [json.loads(raw)["jid"] for raw in conn.lrange("queue:default", 0, -1)]
+        assert len(jids) == len(set(jids))
+    finally:
+        beat.stop()

@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
@@ -23,7 +19,8 @@ from celery import Celery
 from celery.schedules import crontab, schedule
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support.procs import REPO_ROOT, TESTS_DIR, tail, terminate
+from support.beat import Beat
+from support.procs import tail
 from support.waiting import wait_for
 
 import celery_sidekiq
@@ -537,50 +534,6 @@ def test_the_beat_scheduler_alias_is_installed() -> None:
 
 
 # -- real `celery beat -S sidekiq` processes -------------------------------------------------------
-
-
-class Beat:
-    """``python -m celery -A beat_app beat -S sidekiq``, logging to ``log_path``."""
-
-    def __init__(self, broker_url: str, log_path: Path, schedule: dict[str, Any]) -> None:
-        self.log_path = log_path
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(
-                [str(TESTS_DIR / "apps"), str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]
-            ),
-            "BROKER_URL": broker_url,
-            "BEAT_SCHEDULE": json.dumps(schedule),
-            "PYTHONUNBUFFERED": "1",
-        }
-        self.argv = [
-            sys.executable, "-m", "celery", "-A", "beat_app", "beat", "-S", "sidekiq",
-            "--loglevel=DEBUG", "-s", str(log_path.with_suffix(".schedule")),
-        ]  # fmt: skip
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Beat:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv, cwd=TESTS_DIR / "apps", env=self.env, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        return self
-
-    def ready(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"beat exited with {self.proc.returncode}:\n{self.log()}")
-        return "beat_schedule entries in" in self.log()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def fires(self) -> int:
-        return self.log().count("beat: enqueued")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            terminate(self.proc, signal.SIGTERM, 10)
 
 
 def logs(started: list[Beat]) -> str:
