@@ -25,6 +25,7 @@ from celery import Celery
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kombu.utils import json as kombu_json
+from support.values import typed
 
 from celery_sidekiq import activejob
 from kombu_sidekiq import activejob as aj
@@ -50,21 +51,6 @@ def consume(
     assert embed == EMBED
     assert message["properties"][codec.RAW_JOB_PROPERTY] == raw  # a restore puts it back as it was
     return message["headers"], args, kwargs
-
-
-def typed(value: Any) -> Any:
-    """``value`` with every type spelled out, so 1 != 1.0 != True and Decimal != float."""
-    if isinstance(value, (list, tuple)):
-        return [typed(v) for v in value]
-    if isinstance(value, dict):
-        return {k: typed(v) for k, v in value.items()}
-    if isinstance(value, datetime):
-        return ("datetime", value.isoformat())
-    if isinstance(value, aj.Duration):
-        return ("Duration", value.total_seconds(), value.parts)
-    if isinstance(value, aj.Range):
-        return ("Range", typed(value.begin), typed(value.end), value.exclude_end)
-    return (type(value).__name__, value)
 
 
 # -- Ruby -> Python: the formats Rails writes -------------------------------------------------

@@ -25,6 +25,7 @@ from celery import Celery
 from kombu.utils import json as kombu_json
 from support.env import missing_or_fail
 from support.ruby import ruby_eval
+from support.values import typed
 from support.waiting import wait_for
 
 import celery_sidekiq
@@ -76,21 +77,6 @@ def producer(broker_url: str) -> Iterator[Celery]:
 def runs(redis: redis_lib.Redis, key: str, count: int = 1, timeout: float = 30) -> list[Any]:
     wait_for(lambda: redis.llen(key) >= count, timeout=timeout, message=f"{count} entries in {key}")
     return [kombu_json.loads(item) for item in redis.lrange(key, 0, -1)]
-
-
-def typed(value: Any) -> Any:
-    """``value`` with every type spelled out, so 1 != 1.0 != True and Decimal != str."""
-    if isinstance(value, (list, tuple)):
-        return [typed(v) for v in value]
-    if isinstance(value, dict):
-        return {k: typed(v) for k, v in value.items()}
-    if isinstance(value, datetime):
-        return ("datetime", value.isoformat())
-    if isinstance(value, aj.Duration):
-        return ("Duration", value.total_seconds(), value.parts)
-    if isinstance(value, aj.Range):
-        return ("Range", typed(value.begin), typed(value.end), value.exclude_end)
-    return (type(value).__name__, value)
 
 
 def enqueue_in_ruby(redis_url: str, script: str) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis as redis_lib
+from support.recorded import inflight, items
 from support.waiting import wait_for
 
 from kombu_sidekiq import job as jobs
@@ -21,20 +22,6 @@ from kombu_sidekiq.client import Client
 pytestmark = pytest.mark.worker
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def items(redis: redis_lib.Redis, key: str, count: int, timeout: float = 20) -> list[Any]:
-    wait_for(lambda: redis.llen(key) >= count, timeout=timeout, message=f"{count} items in {key}")
-    return [json.loads(item) for item in redis.lrange(key, 0, -1)]
-
-
-def inflight(redis: redis_lib.Redis) -> int:
-    """Jobs some worker holds (reliable fetch's in-flight hashes and landing lists)."""
-    held = 0
-    for pattern in ("celery-sidekiq:inflight:*", "celery-sidekiq:landing:*"):
-        for key in redis.keys(pattern):
-            held += redis.hlen(key) if redis.type(key) == b"hash" else redis.llen(key)
-    return held
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads"])

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 import redis as redis_lib
+from support.recorded import inflight
+from support.recorded import items as ran
 from support.ruby import SidekiqProcessFactory
 from support.waiting import wait_for
 
@@ -20,20 +22,6 @@ from kombu_sidekiq import job as jobs
 from kombu_sidekiq.client import Client
 
 pytestmark = pytest.mark.worker
-
-
-def ran(redis: redis_lib.Redis, key: str, count: int = 1, timeout: float = 20) -> list[Any]:
-    wait_for(lambda: redis.llen(key) >= count, timeout=timeout, message=f"{count} items in {key}")
-    return [json.loads(item) for item in redis.lrange(key, 0, -1)]
-
-
-def inflight(redis: redis_lib.Redis) -> int:
-    """Jobs some worker holds (reliable fetch's in-flight hashes and landing lists)."""
-    held = 0
-    for pattern in ("celery-sidekiq:inflight:*", "celery-sidekiq:landing:*"):
-        for key in redis.keys(pattern):
-            held += redis.hlen(key) if redis.type(key) == b"hash" else redis.llen(key)
-    return held
 
 
 def test_an_unknown_class_is_retried_with_backoff_and_never_dropped(
