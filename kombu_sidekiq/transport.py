@@ -71,7 +71,7 @@ TAG_PROPERTY: Final = "sidekiq_tag"
 
 
 class QoS(virtual.QoS):  # type: ignore[misc]
-    """Acks for reliable fetch: a job leaves its worker's in-flight list when acknowledged.
+    """Acks for reliable fetch: a job leaves its worker's in-flight hash when acknowledged.
 
     Nothing is written per delivery (the fetch already recorded it); acks are batched into the
     next fetch; a reject without requeue sends the job to the dead set rather than losing it;
