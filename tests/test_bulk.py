@@ -34,14 +34,15 @@ def app(broker_url: str) -> Iterator[Celery]:
     app = Celery("bulk_producer", broker=broker_url)
     celery_sidekiq.setup(app)
     app.conf.task_routes = {"low.*": {"queue": "low"}}
-    app.task(name="Workers::PyWorker")(stub)
+    app.task(name="Workers::PyWorker", shared=False)(stub)
     app.task(
+        shared=False,
         name="reports.build",
         sidekiq_class="PaymentReportWorker",
         sidekiq_options={"retry": 5, "backtrace": True, "tags": ["billing"]},
     )(stub)
-    app.task(name="low.work")(stub)
-    app.task(name="unique.work", sidekiq_options={"unique_for": 60})(stub)
+    app.task(name="low.work", shared=False)(stub)
+    app.task(name="unique.work", sidekiq_options={"unique_for": 60}, shared=False)(stub)
     yield app
     app.close()
 

@@ -55,8 +55,8 @@ def producer(broker_url: str, result_url: str) -> Iterator[Celery]:
     app = Celery("producer", broker=broker_url, backend=result_url)
     celery_sidekiq.setup(app)
     for name, stub in STUBS.items():
-        app.task(name=name)(stub)
-    app.task(name="bridge.report", sidekiq_class="PaymentReportWorker")(_report_stub)
+        app.task(name=name, shared=False)(stub)
+    app.task(name="bridge.report", sidekiq_class="PaymentReportWorker", shared=False)(_report_stub)
     yield app
     app.close()
 
