@@ -59,6 +59,15 @@ def producer(transport: str, port: int) -> Celery:
     return app
 
 
+def fresh(transport: str, port: int, work_dir: Path) -> tuple[redis.Redis, Marks, Celery]:
+    """The start of every measured run: an empty Redis, no marks, a producer app."""
+    client = redis.Redis(port=port)
+    client.flushall()
+    marks = Marks(work_dir / "marks")
+    marks.clear()
+    return client, marks, producer(transport, port)
+
+
 def _stub(*args: Any) -> None:
     """Runs in the worker, never here."""
 
@@ -95,11 +104,7 @@ def run_once(
     run: int,
 ) -> dict[str, Any]:
     """One drain of ``count`` no-ops; the figures of that run."""
-    client = redis.Redis(port=port)
-    client.flushall()
-    marks = Marks(work_dir / "marks")
-    marks.clear()
-    app = producer(transport, port)
+    client, marks, app = fresh(transport, port, work_dir)
     try:
         fill(transport, app, client, count)
         pool_name, concurrency = POOLS[pool]

@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from bench.drain import producer
+from bench.drain import fresh
 from bench.harness import BenchError, Marks, NativeMessages, Worker, rss_kb, running, wait_until
 from celery_sidekiq.bulk import push_bulk
 from kombu_sidekiq import job as jobs
@@ -63,11 +63,7 @@ def steady_rss(worker: Worker, timeout: float = 30.0) -> int:
 def memory_run(
     transport: str, port: int, count: int, work_dir: Path, poll_interval: float
 ) -> dict[str, Any]:
-    client = redis.Redis(port=port)
-    client.flushall()
-    marks = Marks(work_dir / "marks")
-    marks.clear()
-    app = producer(transport, port)
+    client, marks, app = fresh(transport, port, work_dir)
     env = {"BENCH_POLL_INTERVAL": str(poll_interval)}
     worker = Worker(
         _url(transport, port), marks.dir, work_dir / f"rss-{transport}.log", "solo", 1, env
@@ -126,11 +122,7 @@ def percentile(sorted_values: list[float], p: float) -> float:
 def lateness_run(
     transport: str, port: int, count: int, spread: float, work_dir: Path, poll_interval: float
 ) -> dict[str, Any]:
-    client = redis.Redis(port=port)
-    client.flushall()
-    marks = Marks(work_dir / "marks")
-    marks.clear()
-    app = producer(transport, port)
+    client, marks, app = fresh(transport, port, work_dir)
     env = {"BENCH_POLL_INTERVAL": str(poll_interval)}
     worker = Worker(
         _url(transport, port), marks.dir, work_dir / f"lateness-{transport}.log", "solo", 1, env

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -105,3 +106,35 @@ class LoggedProcess(Started):
 
     def log_tail(self, lines: int = 80) -> str:
         return tail(self.log_path, lines)
+
+
+class TempDirServer(Started):
+    """A server process living in a temp dir of its own (``dir``), logging to ``logfile``."""
+
+    proc: subprocess.Popen[bytes] | None = None
+    dir: Path
+    logfile: Path
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """TERM, then KILL after ``timeout`` s."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        self.proc = None
+
+    def log_text(self) -> str:
+        try:
+            return self.logfile.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def close(self) -> None:
+        self.cleanup()

@@ -13,7 +13,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from support.procs import Started
+from support.procs import TempDirServer
 from support.waiting import wait_for
 
 
@@ -28,7 +28,7 @@ def redis_server_available() -> bool:
     return shutil.which("redis-server") is not None
 
 
-class RedisServer(Started):
+class RedisServer(TempDirServer):
     """``redis-server`` bound to 127.0.0.1 with persistence off, in its own temp dir.
 
     ``restart()`` keeps the port so clients and brokers configured with ``url`` reconnect to
@@ -104,34 +104,10 @@ class RedisServer(Started):
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
-        self.proc = None
-
     def restart(self) -> RedisServer:
         """Stop and start again on the same port (fails if someone grabbed it meanwhile)."""
         self.stop()
         return self.start()
-
-    def log_text(self) -> str:
-        try:
-            return self.logfile.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    close = cleanup
 
 
 class RedisServerFactory(Protocol):

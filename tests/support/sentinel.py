@@ -21,7 +21,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from support.procs import Started
+from support.procs import Started, TempDirServer
 from support.redis_server import RedisServer, free_port
 from support.waiting import wait_for
 
@@ -46,7 +46,7 @@ def _quick(port: int, **kw: Any) -> redis.Redis:
     )
 
 
-class Sentinel:
+class Sentinel(TempDirServer):
     """One ``redis-sentinel`` process; it rewrites its config file, so that lives in its dir."""
 
     def __init__(self, master_port: int, quorum: int, password: str | None = None) -> None:
@@ -99,26 +99,6 @@ class Sentinel:
         # Its master-link-status may lag (sentinels INFO replicas every 10 s); the group checks
         # the replica's own ROLE instead.
         return any(int(r["port"]) == port and r["flags"] == "slave" for r in replicas)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-
-    def log_text(self) -> str:
-        try:
-            return self.logfile.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class SentinelGroup(Started):
