@@ -49,6 +49,7 @@ from kombu_sidekiq.transport import SUPPORTED_VERSIONS, authentication_failure
 
 from .heartbeat import DEFAULT_BEAT_INTERVAL, HeartbeatStep
 from .middleware import Middleware, check
+from .producer import install as install_producer
 from .registry import CeleryRegistry
 from .retry import DEFAULT_MAX_RETRIES, UNKNOWN_CLASS_MODES, JobsStep, Processor, attach
 from .scheduled import DEFAULT_POLL_INTERVAL, PollerStep
@@ -165,6 +166,7 @@ def setup(app: Celery, **options: Any) -> Celery:
     app.steps["worker"].add(BrokerCheck)
     attach(app, processor)
     install_unique(app)
+    install_producer(app)
     return app
 
 

@@ -54,11 +54,30 @@ class Client:
 
     def push(self, job: Job) -> str:
         """Enqueue now: ``SADD queues`` and ``LPUSH queue:<q>`` in one round trip."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.sadd(self.keys.queues, job["queue"])
-            pipe.lpush(self.keys.queue(job["queue"]), jobs.dumps(job))
-            pipe.execute()
+        queue = job["queue"]
+        self.round_trip(
+            ("SADD", self.keys.queues, queue),
+            ("LPUSH", self.keys.queue(queue), jobs.dumps(job)),
+        )
         return str(job["jid"])
+
+    def round_trip(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send ``commands`` together and return their replies, as a pipeline without a
+        transaction does, minus the cost of building a pipeline object for a single call
+        (a third of a ``push``). Error replies are raised once every reply is read.
+        """
+        pool = self.redis.connection_pool
+        connection: Any = pool.get_connection()  # redis-py's Connection is partly untyped
+        try:
+            return cast(
+                list[Any],
+                connection.retry.call_with_retry(
+                    lambda: _send_and_read(connection, commands),
+                    lambda _: connection.disconnect(),
+                ),
+            )
+        finally:
+            pool.release(connection)
 
     def push_bulk(self, batch: Iterable[Job]) -> list[str]:
         """Enqueue many jobs in one round trip, one LPUSH per queue, as ``push_bulk`` does."""
@@ -136,3 +155,18 @@ class Client:
                 args=[member, member, now, now - DEAD_TIMEOUT, DEAD_MAX_JOBS],
             )
         )
+
+
+def _send_and_read(connection: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    connection.send_packed_command(connection.pack_commands(commands))
+    replies: list[Any] = []
+    error: redis.ResponseError | None = None
+    for _ in commands:
+        try:
+            replies.append(connection.read_response())
+        except redis.ResponseError as exc:  # read the rest, or the connection is out of step
+            error = error or exc
+            replies.append(exc)
+    if error is not None:
+        raise error
+    return replies

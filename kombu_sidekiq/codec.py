@@ -120,7 +120,11 @@ class ClassRegistry:
 
 def is_task_message(message: dict[str, Any]) -> bool:
     """A Celery protocol-2 task message (as opposed to a control reply, an event or a result)."""
-    headers = message.get("headers")
+    return is_task_headers(message.get("headers"))
+
+
+def is_task_headers(headers: Any) -> bool:
+    """Headers of a Celery protocol-2 task message."""
     return isinstance(headers, dict) and "task" in headers and "id" in headers
 
 
@@ -130,7 +134,12 @@ def eta_of(message: dict[str, Any]) -> float | None:
     Celery sends ``eta`` as ISO 8601; a naive value is taken as UTC, which is what Celery writes
     with its default ``enable_utc``.
     """
-    eta = message["headers"].get("eta")
+    return eta_in(message["headers"])
+
+
+def eta_in(headers: dict[str, Any]) -> float | None:
+    """:func:`eta_of` for a message's headers."""
+    eta = headers.get("eta")
     if not eta:
         return None
     when = datetime.fromisoformat(eta) if isinstance(eta, str) else eta
@@ -153,9 +162,31 @@ def job_from_message(
     ``body`` is the decoded protocol-2 body ``[args, kwargs, embed]``; without it the message's
     body is read as JSON. Raises :class:`CodecError` for what a job cannot carry.
     """
-    headers, props = message["headers"], message.get("properties") or {}
     if body is None:
         body = json_body(message)
+    return job_from_task(
+        message["headers"],
+        message.get("properties") or {},
+        body,
+        queue,
+        registry,
+        version=version,
+        scheduled=scheduled,
+    )
+
+
+def job_from_task(
+    headers: dict[str, Any],
+    props: dict[str, Any],
+    body: Any,
+    queue: str,
+    registry: Registry,
+    *,
+    version: int = jobs.DEFAULT_SIDEKIQ_VERSION,
+    scheduled: bool = False,
+) -> Job:
+    """:func:`job_from_message` for a message's parts, as a producer holds them before kombu
+    builds the message: the headers, the properties and the body ``(args, kwargs, embed)``."""
     args, kwargs, embed = _split_body(body)
     task_id = str(headers["id"])
     options = registry.job_options(str(headers["task"]))

@@ -148,6 +148,43 @@ def dumps(job: Job) -> str:
     return _encode(job)
 
 
+#: Values ``json`` writes as they are; anything else goes through an encoder's ``default``.
+_JSON_SCALARS: Final = (str, int, float, type(None))
+
+#: :func:`is_plain_json` looks at this many values at most (it never loops on a cycle).
+_PLAIN_JSON_LIMIT: Final = 10_000
+
+
+def is_plain_json(value: Any) -> bool:
+    """True if ``json`` writes ``value`` with no encoder ``default``: str, int, float, bool, None
+    and lists, tuples and dicts of them (keys scalars). False for anything else, a cycle or a
+    value too large to check cheaply.
+
+    >>> is_plain_json(([1, "a", {"k": [None, 2.5]}], {}, {}))
+    True
+    >>> import datetime; is_plain_json([datetime.date(2026, 1, 1)])
+    False
+    """
+    stack = [value]
+    budget = _PLAIN_JSON_LIMIT
+    while stack:
+        budget -= 1
+        if budget < 0:
+            return False
+        item = stack.pop()
+        if isinstance(item, _JSON_SCALARS):
+            continue
+        if isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            if not all(isinstance(key, _JSON_SCALARS) for key in item):
+                return False
+            stack.extend(item.values())
+        else:
+            return False
+    return True
+
+
 def retry_option(job: Job) -> bool | int:
     """The job's ``retry``: Sidekiq's default ``true`` when absent or null."""
     retry = job.get("retry")

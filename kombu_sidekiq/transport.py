@@ -6,7 +6,8 @@ its event-loop integration, fanout over PUB/SUB) while changing where task messa
 they look like and how they are acknowledged:
 
 * a Celery task message for queue ``q`` is written as a Sidekiq job: ``SADD queues q`` and
-  ``LPUSH queue:q`` in one round trip, or ``ZADD schedule`` when it has an ETA;
+  ``LPUSH queue:q`` in one round trip, or ``ZADD schedule`` when it has an ETA; a
+  :class:`Producer` builds the job straight from the task's parts, without kombu's envelope;
 * every other message (remote-control replies, rpc results) stays a kombu envelope under kombu's
   own key for that queue, so Sidekiq never sees Celery's internal traffic;
 * consumers take jobs with reliable fetch (``fetch.py``): a job moves into the worker's in-flight
@@ -21,7 +22,8 @@ so: ``_in_poll``, ``_brpop_sent_at``, ``_flush_brpop_reauth``), ``_get``, ``_put
 ``_publish_batch`` keyword, ``_q_for_pri``, ``_size``, ``_purge``, ``_has_queue``, ``_restore``,
 ``_queue_cycle``, ``auto_delete_queues``, ``from_transport_options``, the ``keyprefix_*`` key
 templates, ``virtual.QoS`` (``_delivered``, ``restore_unacked``), ``connection._deliver``,
-``Transport.Channel`` and ``Transport.connection_errors``; for Sentinel, ``SentinelChannel``'s
+``Transport.Channel`` and ``Transport.connection_errors``; ``Producer.publish``'s keywords and
+``Producer._batch_local`` (the direct way of :class:`Producer`); for Sentinel, ``SentinelChannel``'s
 ``_get_pool``/``_sentinel_managed_pool``, ``_sentinel_manager``/``_async_sentinel_manager``,
 ``_prepare_virtual_host``, ``_parse_url`` and ``Connection.alt``.
 """
@@ -463,10 +465,49 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         if not codec.is_task_message(message):
             super()._put(queue, message, **kwargs)
             return
-        batch = kwargs.pop("_publish_batch", None)
-        body = codec.json_body(message, self.decode_body)
-        at = codec.eta_of(message)
-        carried = (message.get("properties") or {}).get(codec.RETRY_JOB_PROPERTY)
+        self.put_task(
+            queue,
+            message["headers"],
+            message.get("properties") or {},
+            codec.json_body(message, self.decode_body),
+            kwargs.pop("_publish_batch", None),
+        )
+
+    def put_task(
+        self,
+        queue: str,
+        headers: dict[str, Any],
+        properties: dict[str, Any],
+        body: Any,
+        batch: Any = None,
+    ) -> None:
+        """Write a Celery task (protocol-2 headers, properties, decoded body) as a Sidekiq job.
+
+        ``batch`` is kombu's publish batch, when one is open. Both ways in come here: kombu's
+        ``basic_publish`` (``_put``) and :class:`Producer`'s direct path.
+        """
+        try:
+            self._write_task(queue, headers, properties, body, batch)
+        except kombu_redis.redis.ResponseError as exc:
+            if isinstance(exc, kombu_redis.redis.ReadOnlyError) or is_unblocked(exc):
+                raise  # a failover: retried on the new master, as a lost connection is
+            # kombu counts every error reply as a lost connection and publishes again; after a
+            # write that half succeeded (WRONGTYPE on `queues`, the LPUSH done) that would
+            # enqueue the job twice.
+            raise WriteRefused(
+                f"Redis refused to store the job for queue {queue!r}: {exc}"
+            ) from exc
+
+    def _write_task(
+        self,
+        queue: str,
+        headers: dict[str, Any],
+        properties: dict[str, Any],
+        body: Any,
+        batch: Any,
+    ) -> None:
+        at = codec.eta_in(headers)
+        carried = properties.get(codec.RETRY_JOB_PROPERTY)
         if carried is not None:
             # A worker retrying the job it ran (Celery's Task.retry): the failed job itself,
             # every key kept, waits in `retry` like Sidekiq's own retries, not in `schedule`.
@@ -477,11 +518,12 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 self.sidekiq.redis.zadd(self.keys.retry, entry)
             return
         scheduled = at is not None and at > time.time()
-        job = codec.job_from_message(
-            message,
+        job = codec.job_from_task(
+            headers,
+            properties,
+            body,
             queue,
             self.registry,
-            body=body,
             version=self.sidekiq_version,
             scheduled=scheduled,
         )
@@ -525,6 +567,74 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             return sum(pipe.execute()[::2])
 
 
+#: ``Producer.publish`` keywords that are not message properties.
+_PUBLISH_OPTIONS: Final = frozenset(
+    {
+        "routing_key", "delivery_mode", "mandatory", "immediate", "priority", "content_type",
+        "content_encoding", "serializer", "headers", "compression", "exchange", "retry",
+        "retry_policy", "declare", "expiration", "timeout", "confirm_timeout",
+    }
+)  # fmt: skip
+
+
+class Producer(kombu.Producer):  # type: ignore[misc]
+    """kombu's Producer, with a direct way for Celery task messages into a sidekiq channel.
+
+    kombu's ``publish`` serializes the body to JSON, base64-encodes it into an envelope, and
+    checks the declaration cache of the target queue (copying the queue entity to do so); the
+    transport then decodes all of it again to build the job. None of that changes the job: a
+    task message bound for a queue of the default (anonymous) exchange is built into its job
+    straight from the headers and the body ``(args, kwargs, embed)``. Anything else (other
+    exchanges, other serializers, compression, kombu's publish batches, another transport)
+    takes kombu's way, as do bodies whose values JSON does not hold natively, which kombu's
+    encoder writes in its own tagged form.
+
+    Celery's signals, routing, events and publish retries are untouched: they run around
+    ``publish``. ``celery_sidekiq.setup`` makes Celery's producers this class.
+    """
+
+    def publish(self, body: Any, *args: Any, **options: Any) -> Any:
+        channel = self.channel
+        if args or not isinstance(channel, Channel) or not self._direct(body, options):
+            return super().publish(body, *args, **options)
+        properties = {k: v for k, v in options.items() if k not in _PUBLISH_OPTIONS}
+        write = self._put_task
+        if options.get("retry"):
+            policy = options.get("retry_policy") or {}
+            self.connection.transport_options.update(policy)  # as kombu's publish does
+            write = self.connection.ensure(self, write, **policy)
+        write(options["routing_key"], options["headers"], properties, body)
+        return None
+
+    def _direct(self, body: Any, options: dict[str, Any]) -> bool:
+        queue = options.get("routing_key")
+        return (
+            bool(queue)
+            and isinstance(queue, str)
+            and options.get("exchange") in ("", None)
+            and not self.exchange.name
+            and codec.is_task_headers(options.get("headers"))
+            and isinstance(body, (tuple, list))
+            and len(body) == 3
+            and options.get("serializer") in (None, "json")
+            and options.get("compression") is None
+            and options.get("content_type") is None
+            and all(
+                isinstance(entity, kombu.Queue) and entity.name == queue
+                for entity in options.get("declare") or ()
+            )
+            and getattr(self._batch_local, "current", None) is None
+            and jobs.is_plain_json(body)
+        )
+
+    def _put_task(
+        self, queue: str, headers: dict[str, Any], properties: dict[str, Any], body: Any
+    ) -> None:
+        # self.channel, not the one publish saw: after a reconnect, ensure() revived this
+        # producer on a new channel.
+        self.channel.put_task(queue, headers, properties, body)
+
+
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
     """``sidekiq://[user:password@]host[:port][/db]``: Sidekiq jobs in Redis."""
 
@@ -561,6 +671,11 @@ class TLSTransport(Transport):
 
 class PayloadTooLarge(ValueError):
     """A producer tried to enqueue a job over the ``max_payload_bytes`` cap."""
+
+
+class WriteRefused(Exception):
+    """Redis answered a job write with an error (a key of the wrong type, out of memory): not
+    a lost connection, so not retried."""
 
 
 def oversize(size: int, limit: int) -> str | None:

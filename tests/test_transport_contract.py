@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import kombu
 import pytest
 import redis as redis_lib
 from kombu import Connection, Consumer, Exchange, Producer, Queue
@@ -25,7 +26,7 @@ from kombu_sidekiq import codec
 from kombu_sidekiq import job as jobs
 from kombu_sidekiq.client import Client
 from kombu_sidekiq.keys import Keys
-from kombu_sidekiq.transport import Channel
+from kombu_sidekiq.transport import _PUBLISH_OPTIONS, Channel
 
 
 def task_message(
@@ -82,6 +83,19 @@ def test_the_overridden_kombu_internals_still_exist_with_the_same_shape() -> Non
     assert "_brpop_start()" in inspect.getsource(kombu_redis.MultiChannelPoller._register_BRPOP)
     assert "_publish_batch" in inspect.getsource(base._put)
     assert "connection._deliver" in inspect.getsource(base._brpop_read)
+
+
+def test_the_producer_internals_the_direct_way_reads_still_exist() -> None:
+    # Every keyword of Producer.publish is known, so none is taken for a message property.
+    keywords = set(inspect.signature(kombu.Producer.publish).parameters)
+    assert keywords - {"self", "body", "properties"} == set(_PUBLISH_OPTIONS)
+    # Inside `with producer.batch()`, kombu publishes through the batch: the direct way steps
+    # aside while one is open.
+    with Connection("memory://") as conn:
+        producer = kombu.Producer(conn)
+        with producer.batch():
+            assert getattr(producer._batch_local, "current", None) is not None
+        assert getattr(producer._batch_local, "current", None) is None
 
 
 def test_a_task_message_is_written_as_a_sidekiq_job(
