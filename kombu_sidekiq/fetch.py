@@ -4,9 +4,10 @@ Sidekiq OSS pops a job with BRPOP and loses it if the process dies mid-job; Cele
 transport records it in an ``unacked`` hash a moment after popping it, and hands it to anybody
 once ``visibility_timeout`` has passed, even while the first worker still runs it. Here a worker
 moves jobs from ``queue:<name>`` into its own in-flight hash in the same Redis step
-(``fetch.lua``), numbering each one (its delivery tag); acks are batched into the next fetch,
-so a busy worker spends about one Redis command per job or less. A thread keeps the worker's
-lease alive. Only when the lease expires (the process is gone) do other workers' recovery runs
+(``fetch.lua``), numbering each one (its delivery tag); acks ride along with the next fetch,
+whose new jobs take over the acknowledged field numbers (only those left over are deleted), so
+a busy worker spends less than one Redis command per job. A thread keeps the worker's lease
+alive. Only when the lease expires (the process is gone) do other workers' recovery runs
 (``recover.lua``) put its jobs back at the head of their queues, byte for byte.
 
 While idle, a worker blocks with ``BRPOPLPUSH`` from one queue into its landing list; the next
@@ -126,7 +127,7 @@ class ReliableFetch:
         self.recover_interval = recover_interval or min(DEFAULT_RECOVER_INTERVAL, lease / 4)
         self.registry = self.keys.key(REGISTRY)
         self.lease_key = self.keys.key(f"celery-sidekiq:lease:{self.consumer_id}")
-        self._next_tag = 1
+        self._next_tag = 1  # above every field number handed out; acked ones are reused
         self._registered_at = float("-inf")
         self._landed = False
         self._acks: list[tuple[str, int]] = []
@@ -186,7 +187,10 @@ class ReliableFetch:
         return keys, args
 
     def parse_fetch(self, queues: Sequence[str], reply: Sequence[Any]) -> list[Fetched]:
-        """What a fetch reply holds, in the order taken."""
+        """What a fetch reply holds, in the order taken.
+
+        A reused field number is below ``_next_tag`` already; a new one moves it up.
+        """
         items = [
             Fetched(queues[int(reply[i]) - 1], int(reply[i + 1]), reply[i + 2], bool(reply[i + 3]))
             for i in range(0, len(reply), 4)
@@ -213,9 +217,12 @@ class ReliableFetch:
     # -- settling --------------------------------------------------------------------------
 
     def ack(self, queue: str, tag: int) -> None:
-        """Mark a job done; the removal rides along with the next fetch (or ``flush_acks``).
+        """Mark a job done; the next fetch reuses its field for a new job or deletes it
+        (``flush_acks`` deletes it when no fetch will come).
 
-        Safe from any thread: ``list.append`` and the swap in the fetch are atomic.
+        Safe from any thread: ``list.append`` and the swap in the fetch are atomic, so each
+        ack is carried once. Ack a job once: a field acked twice could be freed again after a
+        new job took it over.
         """
         self._acks.append((self.inflight(queue), tag))
         if self._stopped.is_set():  # no fetch will come to carry it

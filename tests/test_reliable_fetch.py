@@ -33,7 +33,7 @@ def push(redis: redis_lib.Redis, klass: str, args: list[Any], queue: str = "defa
 
 
 def held(redis: redis_lib.Redis, fetch: ReliableFetch, queue: str = "default") -> list[bytes]:
-    """What ``fetch`` holds in flight, oldest first."""
+    """What ``fetch`` holds in flight, by field number (roughly oldest first)."""
     fields = redis.hgetall(fetch.inflight(queue))
     return [fields[tag] for tag in sorted(fields, key=int)]
 
@@ -65,6 +65,126 @@ def test_acks_ride_along_with_the_next_fetch(redis: redis_lib.Redis) -> None:
     assert held(redis, fetch) == [second.encode()]
 
 
+def calls(redis: redis_lib.Redis, command: str) -> int:
+    """How many times Redis ran ``command`` (inside scripts too), from ``INFO commandstats``."""
+    stats: dict[str, Any] = redis.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def inflight_jobs(redis: redis_lib.Redis, fetch: ReliableFetch, queue: str) -> dict[int, bytes]:
+    return {int(tag): job for tag, job in redis.hgetall(fetch.inflight(queue)).items()}
+
+
+def test_new_jobs_take_over_the_acknowledged_fields_without_an_hdel(
+    redis: redis_lib.Redis,
+) -> None:
+    raws = [push(redis, "A", [n]).encode() for n in range(10)]
+    fetch = ReliableFetch(Client(redis), lease=5)
+    assert [item.tag for item in fetch.fetch(["default"], 4)] == [1, 2, 3, 4]
+    hdels = calls(redis, "hdel")
+
+    # as many new jobs as acks: each takes over an acknowledged field, lowest first; no HDEL
+    fetch.ack("default", 4)
+    fetch.ack("default", 2)
+    assert [item.tag for item in fetch.fetch(["default"], 2)] == [2, 4]
+    assert inflight_jobs(redis, fetch, "default") == {
+        1: raws[0],
+        2: raws[4],
+        3: raws[2],
+        4: raws[5],
+    }
+    assert calls(redis, "hdel") == hdels
+
+    # fewer new jobs than acks: what is left over is deleted, in the same call
+    fetch.ack("default", 1)
+    fetch.ack("default", 3)
+    fetch.ack("default", 4)
+    assert [item.tag for item in fetch.fetch(["default"], 1)] == [1]
+    assert inflight_jobs(redis, fetch, "default") == {1: raws[6], 2: raws[4]}
+    assert calls(redis, "hdel") == hdels + 1
+
+    # more new jobs than acks: new numbers above every one handed out before
+    fetch.ack("default", 2)
+    assert [item.tag for item in fetch.fetch(["default"], 3)] == [2, 5, 6]
+    assert inflight_jobs(redis, fetch, "default") == {
+        1: raws[6],
+        2: raws[7],
+        5: raws[8],
+        6: raws[9],
+    }
+    assert calls(redis, "hdel") == hdels + 1
+
+    # nothing to take: the acks are deleted as before
+    fetch.ack("default", 5)
+    assert fetch.fetch(["default"], 3) == []
+    assert inflight_jobs(redis, fetch, "default") == {1: raws[6], 2: raws[7], 6: raws[9]}
+
+
+def test_only_a_fetched_queues_own_acks_are_reused_and_each_once(redis: redis_lib.Redis) -> None:
+    other = push(redis, "B", [0], queue="other").encode()
+    raws = [push(redis, "A", [n]).encode() for n in range(4)]
+    fetch = ReliableFetch(Client(redis), lease=5)
+    (on_other,) = fetch.fetch(["other"], 1)
+    first, second = fetch.fetch(["default"], 2)
+    assert (on_other.tag, first.tag, second.tag) == (1, 2, 3)
+    fetch.ack("other", on_other.tag)  # a hash this fetch does not take from: deleted
+    fetch.ack("default", first.tag)
+    fetch.ack("default", first.tag)  # acked twice: still freed once
+    taken = fetch.fetch(["default"], 2)
+    assert [item.tag for item in taken] == [2, 4]
+    assert inflight_jobs(redis, fetch, "default") == {2: raws[2], 3: raws[1], 4: raws[3]}
+    assert inflight_jobs(redis, fetch, "other") == {}
+    assert redis.lrange("queue:other", 0, -1) == []  # taken once, acked: gone
+    assert on_other.payload == other
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["push", "fetch", "ack", "flush"]),
+            st.integers(min_value=0, max_value=5),
+            st.sampled_from([("a",), ("b",), ("a", "b"), ("b", "a")]),
+        ),
+        max_size=40,
+    )
+)
+def test_tags_stay_unique_among_live_jobs_and_no_job_is_lost(
+    redis: redis_lib.Redis, steps: list[tuple[str, int, tuple[str, ...]]]
+) -> None:
+    redis.flushdb()
+    fetch = ReliableFetch(Client(redis), lease=5)
+    live: dict[tuple[str, int], bytes] = {}  # delivered, not acked
+    done: list[bytes] = []
+    pushed: list[bytes] = []
+    handed_out: set[int] = set()
+    for op, number, queues in steps:
+        if op == "push":
+            pushed += [push(redis, "J", [len(pushed)], queue=queues[0]).encode()]
+        elif op == "ack" and live:
+            key = sorted(live)[number % len(live)]
+            fetch.ack(*key)
+            done.append(live.pop(key))
+        elif op == "flush":
+            fetch.flush_acks()
+        elif op == "fetch":
+            for item in fetch.fetch(list(queues), number + 1):
+                assert (item.queue, item.tag) not in live  # never two live jobs on one field
+                assert item.tag < fetch._next_tag
+                live[(item.queue, item.tag)] = item.payload
+                handed_out.add(item.tag)
+            assert fetch._next_tag > max(handed_out, default=0)
+        if op in ("fetch", "flush"):  # every ack carried: the hashes hold exactly the live jobs
+            for queue in ("a", "b"):
+                want = {tag: job for (q, tag), job in live.items() if q == queue}
+                assert inflight_jobs(redis, fetch, queue) == want
+    fetch.flush_acks()
+    waiting = redis.lrange("queue:a", 0, -1) + redis.lrange("queue:b", 0, -1)
+    assert sorted(waiting + list(live.values()) + done) == sorted(pushed)
+
+
 def test_byte_identical_jobs_in_flight_never_collide(redis: redis_lib.Redis) -> None:
     raw = push(redis, "A", [1])
     redis.lpush("queue:default", raw)
@@ -73,21 +193,27 @@ def test_byte_identical_jobs_in_flight_never_collide(redis: redis_lib.Redis) -> 
     assert held(redis, fetch) == [raw.encode(), raw.encode()]
 
 
-def test_a_dead_workers_jobs_go_back_to_the_head_oldest_first(redis: redis_lib.Redis) -> None:
-    raws = [push(redis, "A", [n]) for n in range(5)]
+def test_a_dead_workers_jobs_go_back_to_the_head_byte_for_byte(redis: redis_lib.Redis) -> None:
+    raws = [push(redis, "A", [n]) for n in range(8)]
     dead = ReliableFetch(Client(redis), lease=5)
-    dead.fetch(["default"], 3)
-    redis.lpush(dead.landing("default"), redis.rpop("queue:default"))  # an idle wait took raws[3]
+    first = dead.fetch(["default"], 3)  # raws 0, 1, 2 under fields 1, 2, 3
+    dead.ack("default", first[1].tag)  # raws[1] done
+    dead.fetch(["default"], 2)  # raws[3] takes over field 2, raws[4] gets 4
+    redis.lpush(dead.landing("default"), redis.rpop("queue:default"))  # an idle wait took raws[5]
     live = ReliableFetch(Client(redis), lease=5)
-    live.fetch(["default"], 1)
+    live.fetch(["default"], 1)  # raws[6]; raws[7] waits
     assert live.recover() == 0  # both leases are alive
     redis.delete(dead.lease_key)  # what expiry does after a kill -9
-    assert live.recover() == 4
-    # BRPOP takes from the right: the oldest of the dead worker's jobs comes first again
-    assert redis.lrange("queue:default", 0, -1) == [raws[n].encode() for n in (3, 2, 1, 0)]
+    assert live.recover() == 5
+    back = redis.lrange("queue:default", 0, -1)
+    # BRPOP takes from the right: every job the dead worker held comes before the one that
+    # waited, byte for byte; what landed (fetched last) comes after what was in its hash. Within
+    # the hash the order is only roughly the fetch order (raws[3] reuses raws[1]'s field).
+    assert back[:2] == [raws[7].encode(), raws[5].encode()]
+    assert sorted(back[2:]) == sorted(raws[n].encode() for n in (0, 2, 3, 4))
     assert not redis.exists(dead.inflight("default"), dead.landing("default"))
     assert not redis.hexists(dead.registry, dead.inflight("default"))
-    assert held(redis, live) == [raws[4].encode()]
+    assert held(redis, live) == [raws[6].encode()]
 
 
 def test_an_idle_wait_lands_a_job_that_the_next_fetch_records(redis: redis_lib.Redis) -> None:

@@ -2,8 +2,14 @@
 --
 -- A worker holds a lease key that it renews while it lives; when the lease has expired
 -- (kill -9, OOM, a lost host), its in-flight hashes and landing lists go back to the head of
--- their queues, oldest first in line, byte for byte as they were fetched. Live workers are
--- never touched, however long their jobs run: there is no visibility timeout.
+-- their queues, ahead of every job waiting there, byte for byte as they were fetched. Live
+-- workers are never touched, however long their jobs run: there is no visibility timeout.
+--
+-- Among one dead worker's jobs the order is roughly the one they were fetched in, not exactly:
+-- fetch.lua gives a new job the field number of a job acknowledged in the same step, so a low
+-- number may hold a job fetched after others in higher ones. Jobs only swap places within
+-- what that one worker held (about its prefetch window). What its landing list holds
+-- (fetched last) still goes behind all of its in-flight hash.
 --
 -- The lease, queue and landing keys are read from the registry, so this script touches keys
 -- it was not given: fine on one Redis or behind Sentinel, not on Redis Cluster (which Sidekiq
@@ -32,7 +38,8 @@ for i = 1, #entries, 2 do
   local inflight = entries[i]
   local lease, queue, landing = split(entries[i + 1])
   if redis.call('EXISTS', lease) == 0 then
-    -- Newest first: RPUSHed in that order, the oldest ends nearest the head (the BRPOP end).
+    -- Highest field number first: RPUSHed in that order, the lowest ends nearest the head
+    -- (the BRPOP end); lower numbers mostly hold older jobs.
     local fields = redis.call('HGETALL', inflight)
     local numbered = {}
     for f = 1, #fields, 2 do
