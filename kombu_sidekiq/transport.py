@@ -81,19 +81,26 @@ class QoS(virtual.QoS):  # type: ignore[misc]
     """
 
     def ack(self, delivery_tag: str) -> None:
-        message = self._delivered.get(delivery_tag)
+        message = self._settling(delivery_tag)
         if message is not None:
             self.channel._ack_job(message)
         super().ack(delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        message = self._delivered.get(delivery_tag)
+        message = self._settling(delivery_tag)
         if message is not None:
             if requeue:
                 self.channel._restore_at_beginning(message)
             else:
                 self.channel._discard(message)
         super().ack(delivery_tag)
+
+    def _settling(self, delivery_tag: str) -> Any:
+        """The delivered message, unless it was acked or rejected already: the next fetch gives
+        an acknowledged job's field to a new job, so a second ack would free the new job's."""
+        if delivery_tag in self._dirty:
+            return None
+        return self._delivered.get(delivery_tag)
 
     def restore_unacked(self) -> list[Any]:
         try:

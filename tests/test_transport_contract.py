@@ -76,6 +76,7 @@ def test_the_overridden_kombu_internals_still_exist_with_the_same_shape() -> Non
     ):
         assert hasattr(base, attr) or attr == "auto_delete_queues", attr
     assert list(inspect.signature(virtual.QoS.restore_unacked).parameters) == ["self"]
+    assert "self._quick_ack = self._dirty.add" in inspect.getsource(virtual.QoS.__init__)
     assert list(inspect.signature(virtual.QoS.can_consume_max_estimate).parameters) == ["self"]
     assert "_restore_at_beginning(self._delivered[delivery_tag])" in inspect.getsource(
         virtual.QoS.reject
@@ -144,6 +145,28 @@ def test_a_job_arrives_as_a_celery_message_and_its_ack_clears_it(
     message.ack()
     channel.fetcher.flush_acks()  # acks ride along with the next fetch; flush for the test
     assert redis.hlen(inflight) == 0 and redis.llen("queue:default") == 0
+
+
+def test_a_second_ack_of_a_delivery_never_frees_the_job_that_took_over_its_field(
+    connection: Connection, redis: redis_lib.Redis
+) -> None:
+    client = Client(redis)
+    client.push(jobs.build("A", [1]))
+    channel = connection.default_channel
+    first = channel.basic_get("default")
+    channel.basic_ack(first.delivery_tag)
+    client.push(jobs.build("A", [2]))
+    # The next fetch gives the acknowledged job's field to the new one; kombu forgets the old
+    # delivery only when it records the new one, so a second ack can come in between (a
+    # threads pool acks from its threads).
+    (second,) = channel.fetcher.fetch(["default"], 1)
+    assert second.tag == first.properties["sidekiq_tag"]
+    channel.basic_ack(first.delivery_tag)
+    channel.basic_reject(first.delivery_tag, requeue=False)
+    channel.fetcher.flush_acks()
+    inflight = channel.fetcher.inflight("default")
+    assert [jobs.parse(raw)["args"] for raw in redis.hvals(inflight)] == [[2]]
+    assert redis.zcard("dead") == 0
 
 
 def test_an_unacked_job_goes_back_to_the_head_of_its_queue_byte_for_byte(
