@@ -70,6 +70,7 @@ from kombu_sidekiq.divert import Divert
 from kombu_sidekiq.job import Job
 
 from .middleware import Chain, Middleware
+from .unique import release_dead
 
 logger = logging.getLogger(__name__)
 
@@ -496,6 +497,8 @@ class Processor:
         self._store(self.app, verdict)
 
     def _store(self, app: Celery, verdict: Verdict) -> None:
+        if verdict.action != "retry":
+            release_dead(app, verdict.job)
         if verdict.action == "drop":
             return
         try:

@@ -16,7 +16,8 @@ A duplicate pushes nothing and raises :class:`DuplicateJob` from ``apply_async``
 :func:`apply_unique` returns ``None`` instead, as Sidekiq's ``perform_async`` returns ``nil``.
 
 ``unique_until`` says when the lock goes: ``"ttl"`` (default, rusty-sidekiq's) when it expires,
-``"start"`` when a worker starts the job, ``"success"`` when the job succeeds. A release deletes
+``"start"`` when a worker starts the job, ``"success"`` when the job succeeds (or dies: a dead
+job never will). A release deletes
 the lock only if the job still owns it (its jid is the lock's value), and never happens on a
 retry. Retries (``self.retry()``, Sidekiq's retry set), restores and promotions of scheduled
 jobs never check the lock.
@@ -35,7 +36,7 @@ from kombu_sidekiq import unique
 from kombu_sidekiq.codec import RAW_JOB_PROPERTY
 from kombu_sidekiq.unique import UNIQUE_UNTIL, DuplicateJob
 
-__all__ = ["UNIQUE_UNTIL", "DuplicateJob", "apply_unique", "install"]
+__all__ = ["UNIQUE_UNTIL", "DuplicateJob", "apply_unique", "install", "release_dead"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,14 @@ def _on_success(sender: Any = None, **_: Any) -> None:
     _release(sender, "success")
 
 
+def release_dead(app: Celery, job: jobs.Job) -> None:
+    """A job that died (or was dropped) will never succeed: free its ``unique_until="success"``
+    lock now, as sidekiq-unique-jobs' death handler does, rather than let it refuse the same
+    args until it expires. A ``"ttl"`` lock keeps rusty-sidekiq's meaning and waits."""
+    if job.get("unique_for") is not None and unique.until(job) == "success":
+        _release_job(app, job, "death")
+
+
 def _release(task: Any, moment: str) -> None:
     properties = getattr(getattr(task, "request", None), "properties", None) or {}
     raw = properties.get(RAW_JOB_PROPERTY)
@@ -79,8 +88,12 @@ def _release(task: Any, moment: str) -> None:
         return
     if job.get("unique_for") is None or unique.until(job) != moment:
         return
+    _release_job(task.app, job, moment)
+
+
+def _release_job(app: Celery, job: jobs.Job, moment: str) -> None:
     try:
-        with task.app.pool.acquire(block=True) as connection:
+        with app.pool.acquire(block=True) as connection:
             released = unique.release(connection.default_channel.sidekiq, job)
     except Exception as exc:  # Redis away: the lock still expires with its TTL
         logger.warning(

@@ -266,6 +266,13 @@ def producer(broker_url: str) -> Iterator[Celery]:
     app.task(name="unique.start", unique_for=60, unique_until="start", shared=False)(stub)
     app.task(name="unique.success", unique_for=60, unique_until="success", shared=False)(stub)
     app.task(name="unique.retried", unique_for=60, unique_until="success", shared=False)(stub)
+    app.task(
+        name="unique.doomed",
+        unique_for=60,
+        unique_until="success",
+        sidekiq_options={"retry": 0},
+        shared=False,
+    )(stub)
     app.task(name="unique.ttl", unique_for=60, shared=False)(stub)
     yield app
     app.close()
@@ -392,7 +399,7 @@ def lock_of(task: str, n: int) -> str:
 
 
 @pytest.mark.worker
-def test_a_worker_releases_at_start_or_on_success_never_on_a_retry(
+def test_a_worker_releases_at_start_on_success_or_death_never_on_a_retry(
     celery_worker: Any, redis: redis_lib.Redis, producer: Celery
 ) -> None:
     celery_worker(app_module="unique_app")
@@ -422,6 +429,14 @@ def test_a_worker_releases_at_start_or_on_success_never_on_a_retry(
         timeout=10,
         message="release after the retry",
     )
+
+    tasks["unique.doomed"].delay(5)
+    (run,) = runs(redis, "unique.doomed", 1)
+    assert run["lock"] == run["jid"]
+    wait_for(lambda: redis.zcard("dead") == 1, timeout=10, message="the doomed job dead")
+    # it will never succeed: its lock went with it, so the same args may be enqueued again
+    assert not redis.exists(lock_of("unique.doomed", 5))
+    tasks["unique.doomed"].delay(5)
 
     tasks["unique.ttl"].delay(4)
     (run,) = runs(redis, "unique.ttl", 1)

@@ -58,6 +58,19 @@ def retried(self: Any, n: int) -> None:
         raise self.retry(countdown=0.3)
 
 
+@app.task(
+    bind=True,
+    name="unique.doomed",
+    unique_for=60,
+    unique_until="success",
+    sidekiq_options={"retry": 0},
+)
+def doomed(self: Any, n: int) -> None:
+    """Fails with no retry left: dead at once."""
+    record(self, n)
+    raise ValueError("never succeeds")
+
+
 @app.task(bind=True, name="unique.ttl", unique_for=60)
 def ttl(self: Any, n: int) -> None:
     record(self, n)
