@@ -30,6 +30,8 @@ Options (all keyword-only):
                      ``(job, call_next) -> result`` (see ``celery_sidekiq.middleware``).
 ``max_payload_bytes`` (default 0: no cap) the largest job, in bytes of JSON: a producer gets
                      ``PayloadTooLarge``, a worker moves a bigger job untouched to the dead set.
+``death_handlers``   (default ()) callables ``(job, exc)`` run when a job's retries are over
+                     (dead, or discarded), as sidekiq.rb's ``config.death_handlers``.
 """
 
 from __future__ import annotations
@@ -51,7 +53,14 @@ from .heartbeat import DEFAULT_BEAT_INTERVAL, HeartbeatStep
 from .middleware import Middleware, check
 from .producer import install as install_producer
 from .registry import CeleryRegistry
-from .retry import DEFAULT_MAX_RETRIES, UNKNOWN_CLASS_MODES, JobsStep, Processor, attach
+from .retry import (
+    DEFAULT_MAX_RETRIES,
+    UNKNOWN_CLASS_MODES,
+    DeathHandler,
+    JobsStep,
+    Processor,
+    attach,
+)
 from .scheduled import DEFAULT_POLL_INTERVAL, PollerStep
 from .unique import install as install_unique
 
@@ -76,9 +85,16 @@ class Config:
     unknown_class: str = "retry"
     middleware: tuple[Middleware, ...] = ()
     max_payload_bytes: int = 0
+    death_handlers: tuple[DeathHandler, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "middleware", check(self.middleware))  # a list is fine too
+        handlers = self.death_handlers
+        if callable(handlers) or not all(callable(handler) for handler in handlers):
+            raise ValueError(
+                f"setup(death_handlers={handlers!r}): give a list of callables (job, exc)"
+            )
+        object.__setattr__(self, "death_handlers", tuple(handlers))
         if isinstance(self.max_retries, bool) or not isinstance(self.max_retries, int):
             raise ValueError(f"setup(max_retries={self.max_retries!r}): use a whole number >= 0")
         if self.max_retries < 0:
@@ -147,6 +163,7 @@ def setup(app: Celery, **options: Any) -> Celery:
         max_retries=config.max_retries,
         unknown_class=config.unknown_class,
         middleware=config.middleware,
+        death_handlers=config.death_handlers,
     )
     transport_options = dict(conf.broker_transport_options or {})
     transport_options.update(

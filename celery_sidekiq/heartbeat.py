@@ -22,10 +22,12 @@ What counts: every task the worker runs, Sidekiq job or not (on this transport e
 message is a Sidekiq job). "processed" counts every execution, failures included, as Sidekiq
 does; "failed" counts executions that raised, Celery's ``Retry`` included (the job raised and
 will run again, as in Sidekiq's retry), ``Ignore`` and ``Reject`` excluded (the task chose to
-drop or return its message; it did not fail). Counting happens in the main process, in the
-pool's completion callbacks of each request (``Request.on_success``/``on_failure``), which
-run there for every pool (solo, threads, prefork); ``task_success``/``task_failure`` would
-not do, as they fire inside prefork's child processes.
+drop or return its message; it did not fail). A job of a class no task runs, failed by the
+unknown-class intake, counts as processed and failed, as sidekiq.rb counts a missing constant.
+Counting happens in the main process, in the pool's completion callbacks of each request
+(``Request.on_success``/``on_failure``), which run there for every pool (solo, threads,
+prefork); ``task_success``/``task_failure`` would not do, as they fire inside prefork's child
+processes.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ import kombu_sidekiq
 from kombu_sidekiq.client import Client
 from kombu_sidekiq.codec import RAW_JOB_PROPERTY
 
+from .retry import processor_of
 from .scheduled import client_for
 
 logger = logging.getLogger(__name__)
@@ -552,6 +555,7 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
             interval=self.interval,
         )
         celery_signals.task_received.connect(self._on_task_received, weak=False)
+        processor_of(worker.app).unknown.count = self.tally.count  # jobs no task runs
         celery_signals.worker_shutting_down.connect(self._on_shutting_down, weak=False)
         celery_signals.worker_shutdown.connect(self._on_worker_shutdown, weak=False)
         self.heartbeat.start()
@@ -568,6 +572,7 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
     def finish(self) -> None:
         """Stop beating, flush the last counts and deregister (idempotent)."""
         celery_signals.task_received.disconnect(self._on_task_received)
+        processor_of(self.worker.app).unknown.count = None
         celery_signals.worker_shutting_down.disconnect(self._on_shutting_down)
         celery_signals.worker_shutdown.disconnect(self._on_worker_shutdown)
         if self.heartbeat is not None:

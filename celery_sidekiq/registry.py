@@ -21,7 +21,7 @@ from .activejob import register_wrapper_tasks
 
 #: The Sidekiq job options a task may set in ``sidekiq_options``; each becomes a job key.
 TASK_OPTIONS: Final = frozenset(
-    {"retry", "retry_queue", "backtrace", "tags", "dead", "unique_for", "unique_until"}
+    {"retry", "retry_queue", "backtrace", "tags", "dead", "retry_for", "unique_for", "unique_until"}
 )
 
 #: Sidekiq options a task may also set as plain task options (``@app.task(unique_for=60)``).

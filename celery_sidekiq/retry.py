@@ -15,7 +15,11 @@ When a task run from a Sidekiq job raises, the job goes back to Redis the way si
   brings it back when due;
 * else the job is exhausted and goes to ``dead``, trimmed as Sidekiq's morgue is (10,000 jobs,
   180 days) — ``retry: 0`` on its first failure — unless it says ``dead: false``;
-* ``retry: false``: not retried and not kept, as in Sidekiq (Celery logs the failure).
+* ``retry: false``: not retried and not kept, as in Sidekiq (Celery logs the failure);
+* ``retry_for: N`` (Sidekiq 7.1+) also ends the retries N seconds after the first failure (8.x:
+  only the window counts);
+* a task's ``sidekiq_retry_in`` and ``sidekiq_retries_exhausted`` methods (:class:`Hooks`) and
+  ``setup(death_handlers=...)`` act as Ruby's blocks and ``config.death_handlers`` do.
 
 Celery's own retries, ``self.retry(countdown=...)`` and ``autoretry_for``, land in the same
 ``retry`` set with the same fields, due when Celery said. How the two limits combine:
@@ -59,7 +63,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from celery import Celery, bootsteps
-from celery.exceptions import Retry, TaskPredicate, TimeLimitExceeded
+from celery.exceptions import NotRegistered, Retry, TaskPredicate, TimeLimitExceeded
 from celery.signals import task_received
 
 from kombu_sidekiq import backtrace
@@ -101,16 +105,23 @@ Action = Literal["retry", "dead", "drop"]
 # -- Sidekiq's rules, pure ----------------------------------------------------------------------
 
 
-def backoff(count: int, version: int, rand: Callable[[int], int] = random.randrange) -> int:
+def backoff(
+    count: int,
+    version: int,
+    rand: Callable[[int], int] = random.randrange,
+    base: int | None = None,
+) -> int:
     """Seconds until the retry after failure number ``count`` (0-based), with Sidekiq's jitter.
 
     6.x and 7.x: ``count**4 + 15 + rand(10) * (count + 1)``; 8.x: ``count**4 + 15 +
-    rand(10 * (count + 1))``. ``rand(n)`` is a uniform integer in ``[0, n)``.
+    rand(10 * (count + 1))``. ``rand(n)`` is a uniform integer in ``[0, n)``. ``base`` replaces
+    ``count**4 + 15`` (what a task's ``sidekiq_retry_in`` chose); the jitter stays.
 
     >>> [backoff(count, 7, rand=lambda n: 0) for count in range(6)]
     [15, 16, 31, 96, 271, 640]
     """
-    base = count**4 + 15
+    if base is None:
+        base = count**4 + 15
     if version >= 8:
         return base + rand(10 * (count + 1))
     return base + rand(10) * (count + 1)
@@ -121,6 +132,23 @@ def retry_limit(retry: bool | int, max_retries: int) -> int:
     if isinstance(retry, bool):
         return max_retries if retry else 0
     return retry
+
+
+def out_of_retries(job: Job, count: int, limit: int, version: int, now: float) -> bool:
+    """Sidekiq's exhaustion rule after failure number ``count``: the count reached ``limit``;
+    from 7.1 also (8.1: only) when ``retry_for`` seconds have passed since the first failure.
+
+    >>> out_of_retries({"retry_for": 60, "failed_at": 1000.0}, 0, 25, 7, now=1061.0)
+    True
+    >>> out_of_retries({"retry_for": 60, "failed_at": 1000.0}, 30, 25, 8, now=1001.0)
+    False
+    """
+    window = job.get("retry_for")
+    if version < 7 or isinstance(window, bool) or not isinstance(window, (int, float)):
+        return count >= limit
+    first = jobs.to_epoch_seconds(job.get("failed_at"))
+    over = first is not None and first + window < now
+    return over if version >= 8 else over or count >= limit
 
 
 def qualified_name(kind: type[BaseException]) -> str:
@@ -182,11 +210,16 @@ def record_failure(job: Job, failure: Failure, queue: str, version: int) -> int:
 
 @dataclass(frozen=True)
 class Verdict:
-    """What happens to a failed job: ``retry`` in ``delay`` seconds, ``dead``, or ``drop``."""
+    """What happens to a failed job: ``retry`` in ``delay`` seconds, ``dead``, or ``drop``.
+
+    ``died``: the job's retries are over (dead, or discarded by ``dead: false`` or a hook), so
+    the death handlers run, as sidekiq.rb runs them after ``retries_exhausted``.
+    """
 
     action: Action
     job: Job
     delay: int = 0
+    died: bool = False
 
     def divert(self) -> Divert:
         """The verdict as a transport intake returns it (a drop is not one)."""
@@ -195,6 +228,48 @@ class Verdict:
         if self.action == "dead":
             return Divert("dead", jobs.dumps(self.job))
         raise ValueError("a dropped job goes nowhere")
+
+
+#: ``sidekiq_retry_in(self, count, exc, job)``: seconds until the next retry, ``"kill"``
+#: (dead now), ``"discard"`` (dropped now), or ``None`` for Sidekiq's backoff.
+RetryIn = Callable[[int, BaseException | None, Job], Any]
+
+#: ``sidekiq_retries_exhausted(self, job, exc)``: called before a job dies; ``"discard"``
+#: drops it instead of keeping it in ``dead``.
+RetriesExhausted = Callable[[Job, BaseException | None], Any]
+
+#: A death handler, ``handler(job, exc)``: runs once a job's retries are over (sidekiq.rb's
+#: ``config.death_handlers``), in the process that ran the job.
+DeathHandler = Callable[[Job, BaseException | None], Any]
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """A task's answers to Sidekiq's per-class blocks, read from the task (its methods)::
+
+    @app.task(bind=True, sidekiq_retry_in=lambda task, count, exc, job: 10 * (count + 1))
+    def sync(self, account_id): ...
+
+    class Sync(app.Task):
+        def sidekiq_retry_in(self, count, exc, job):
+            return "kill" if isinstance(exc, PermissionError) else None
+
+        def sidekiq_retries_exhausted(self, job, exc):
+            notify_owner(job["args"][0])
+    """
+
+    retry_in: RetryIn | None = None
+    exhausted: RetriesExhausted | None = None
+
+    @classmethod
+    def of(cls, task: Any) -> Hooks:
+        return cls(
+            getattr(task, "sidekiq_retry_in", None),
+            getattr(task, "sidekiq_retries_exhausted", None),
+        )
+
+
+NO_HOOKS: Final = Hooks()
 
 
 class JobRetry:
@@ -220,23 +295,61 @@ class JobRetry:
         *,
         exhausted: bool = False,
         keep: bool = False,
+        hooks: Hooks = NO_HOOKS,
     ) -> Verdict:
-        """Record ``failure`` on ``job`` and say where it goes.
+        """Record ``failure`` on ``job`` and say where it goes (``JobRetry#attempt_retry``).
 
         ``exhausted``: no retry whatever the budget (Celery's ``max_retries`` ran out).
         ``keep``: never drop; what ``retry: false`` or ``dead: false`` would drop goes to
         ``dead`` instead (for jobs that never ran, such as an unknown class: dropping them
-        would lose work nobody saw fail).
+        would lose work nobody saw fail). ``hooks``: the task's ``sidekiq_retry_in`` and
+        ``sidekiq_retries_exhausted``.
         """
         retry = jobs.retry_option(job)
         if retry is False and not keep:
-            return Verdict("drop", job)  # sidekiq.rb runs death handlers only
+            return Verdict("drop", job)  # not a death: sidekiq.rb re-raises, no handlers
         count = record_failure(job, failure, queue, self.version)
-        if not exhausted and count < retry_limit(retry, self.max_retries):
-            return Verdict("retry", job, backoff(count, self.version))
-        if job.get("dead") is False and not keep:
-            return Verdict("drop", job)
-        return Verdict("dead", job)
+        limit = retry_limit(retry, self.max_retries)
+        if not exhausted and not out_of_retries(job, count, limit, self.version, time.time()):
+            route = self._delay_for(count, failure, job, hooks)
+            if route == "discard":  # death handlers ran for it from Sidekiq 8.0.7
+                return self._discard(job, died=self.version >= 8)
+            if route != "kill":
+                return Verdict("retry", job, int(route))
+        return self._retries_exhausted(job, failure, keep, hooks)
+
+    def _delay_for(self, count: int, failure: Failure, job: Job, hooks: Hooks) -> int | str:
+        chosen = None
+        if hooks.retry_in is not None:
+            try:
+                chosen = hooks.retry_in(count, failure.exc, dict(job))
+            except Exception:  # sidekiq.rb logs it and falls back to its backoff
+                logger.exception("sidekiq_retry_in of %s raised; default backoff", job["class"])
+        if chosen in ("kill", "discard"):
+            return str(chosen)
+        if isinstance(chosen, (int, float)) and not isinstance(chosen, bool) and chosen > 0:
+            return backoff(count, self.version, base=int(chosen))
+        return backoff(count, self.version)
+
+    def _retries_exhausted(self, job: Job, failure: Failure, keep: bool, hooks: Hooks) -> Verdict:
+        route = None
+        if hooks.exhausted is not None:
+            try:
+                route = hooks.exhausted(dict(job), failure.exc)
+            except Exception:
+                logger.exception("sidekiq_retries_exhausted of %s raised", job["class"])
+        if keep:
+            return Verdict("dead", job, died=True)
+        if route == "discard":  # 7.2 to 8.0.6 skipped the death handlers for it
+            return self._discard(job, died=self.version >= 8)
+        if job.get("dead") is False:
+            return self._discard(job, died=True)
+        return Verdict("dead", job, died=True)
+
+    def _discard(self, job: Job, *, died: bool) -> Verdict:
+        if self.version >= 8:
+            job["discarded_at"] = jobs.now_timestamp(self.version)  # what handlers see
+        return Verdict("drop", job, died=died)
 
     def store(self, client: Client, verdict: Verdict) -> None:
         """Write the verdict: ``ZADD retry`` (score = when due), or the morgue (with its trim)."""
@@ -246,6 +359,16 @@ class JobRetry:
         elif verdict.action == "dead":
             logger.info("Adding dead %s job %s", verdict.job.get("class"), verdict.job.get("jid"))
             client.kill(payload)
+
+
+def run_death_handlers(handlers: tuple[DeathHandler, ...], job: Job, exc: Any) -> None:
+    """Call each handler with the job and the exception; one that raises is logged, and the
+    next still runs, as in sidekiq.rb."""
+    for handler in handlers:
+        try:
+            handler(dict(job), exc)
+        except Exception:
+            logger.exception("death handler %r raised for job %s", handler, job.get("jid"))
 
 
 # -- unknown classes -----------------------------------------------------------------------------
@@ -259,12 +382,23 @@ class UnknownClass:
     runs it: deliver) or where the job goes instead; the transport moves it there atomically.
     """
 
-    def __init__(self, app: Celery, registry: Registry, mode: str, retrier: JobRetry) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        registry: Registry,
+        mode: str,
+        retrier: JobRetry,
+        death_handlers: tuple[DeathHandler, ...] = (),
+    ) -> None:
         self.app = app
         self.registry = registry
         self.mode = mode
         self.retrier = retrier
+        self.death_handlers = death_handlers
         self.active = False
+        #: ``count(failed)`` of the worker's stats (the heartbeat sets it): sidekiq.rb counts a
+        #: job of a missing class as processed and failed.
+        self.count: Callable[[bool], None] | None = None
         self._lock = threading.Lock()
         self._requeued: OrderedDict[str, float] = OrderedDict()
 
@@ -296,12 +430,16 @@ class UnknownClass:
 
     def fail(self, queue: str, job: Job, klass: str) -> Divert:
         """sidekiq.rb's way: a failure (its NameError) that is retried with backoff, then dies."""
-        failure = Failure(
-            "celery.exceptions.NotRegistered",
+        message = (
             f"no task in this Celery app runs class {klass!r}: none is named so or declares "
-            f"sidekiq_class={klass!r} (Ruby would say: uninitialized constant {klass})",
+            f"sidekiq_class={klass!r} (Ruby would say: uninitialized constant {klass})"
         )
+        failure = Failure(qualified_name(NotRegistered), message, NotRegistered(message))
         verdict = self.retrier.decide(dict(job), failure, queue, keep=True)
+        if self.count is not None:
+            self.count(True)
+        if verdict.died:
+            run_death_handlers(self.death_handlers, verdict.job, failure.exc)
         logger.error(
             "queue %r: no task for class %r (jid %s): %s",
             queue, klass, job.get("jid"),
@@ -377,11 +515,13 @@ class Processor:
         max_retries: int = DEFAULT_MAX_RETRIES,
         unknown_class: str = "retry",
         middleware: tuple[Middleware, ...] = (),
+        death_handlers: tuple[DeathHandler, ...] = (),
     ) -> None:
         self.app = app
         self.chain = Chain(middleware)
         self.retrier = JobRetry(version, max_retries)
-        self.unknown = UnknownClass(app, registry, unknown_class, self.retrier)
+        self.death_handlers = death_handlers
+        self.unknown = UnknownClass(app, registry, unknown_class, self.retrier, death_handlers)
 
     def install(self) -> None:
         """Wrap every task of the app (idempotent; run again for tasks registered later)."""
@@ -425,13 +565,15 @@ class Processor:
         except TaskPredicate:
             raise  # Retry (self.retry stored it already), Ignore, Reject: not failures
         except Exception as exc:
+            failure = Failure.of(exc)
             verdict = self.retrier.decide(
                 jobs.parse(execution.raw),
-                Failure.of(exc),
+                failure,
                 execution.queue,
                 exhausted=execution.exhausted,
+                hooks=Hooks.of(task),
             )
-            self._store(task.app, verdict)
+            self._store(task.app, verdict, failure)
             if verdict.action == "retry":
                 # Celery then records state RETRY and runs no errbacks: the job is not done.
                 raise Retry(exc=exc, when=verdict.delay) from exc
@@ -492,15 +634,24 @@ class Processor:
         execution = _execution_of(request, getattr(message, "properties", None))
         if execution is None:
             return
-        failure = Failure(qualified_name(TimeLimitExceeded), f"TimeLimitExceeded({timeout})")
-        verdict = self.retrier.decide(jobs.parse(execution.raw), failure, execution.queue)
-        self._store(self.app, verdict)
+        exc = TimeLimitExceeded(timeout)
+        failure = Failure(qualified_name(TimeLimitExceeded), f"TimeLimitExceeded({timeout})", exc)
+        task = getattr(request, "task", None)
+        hooks = NO_HOOKS if task is None else Hooks.of(task)
+        verdict = self.retrier.decide(
+            jobs.parse(execution.raw), failure, execution.queue, hooks=hooks
+        )
+        self._store(self.app, verdict, failure)
 
-    def _store(self, app: Celery, verdict: Verdict) -> None:
+    def _store(self, app: Celery, verdict: Verdict, failure: Failure) -> None:
         if verdict.action != "retry":
             release_dead(app, verdict.job)
-        if verdict.action == "drop":
-            return
+        if verdict.action != "drop":
+            self._write(app, verdict)
+        if verdict.died:
+            run_death_handlers(self.death_handlers, verdict.job, failure.exc)
+
+    def _write(self, app: Celery, verdict: Verdict) -> None:
         try:
             with app.pool.acquire(block=True) as connection:
                 self.retrier.store(connection.default_channel.sidekiq, verdict)

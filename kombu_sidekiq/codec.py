@@ -52,7 +52,9 @@ UNWRAP_ERROR_HEADER: Final = "sidekiq_unwrap_error"
 #: Per-call Sidekiq options a producer may pass to ``apply_async``; they become job keys.
 #: ``sidekiq_retry`` stands for Sidekiq's ``retry``, because Celery's ``apply_async(retry=...)``
 #: already means "retry the publish".
-CALL_OPTIONS: Final = ("retry_queue", "backtrace", "tags", "dead", "unique_for", "unique_until")
+CALL_OPTIONS: Final = (
+    "retry_queue", "backtrace", "tags", "dead", "retry_for", "unique_for", "unique_until"
+)  # fmt: skip
 
 #: Celery protocol-2 headers that the job carries in its extension key when they differ from
 #: what a job without them implies.
@@ -202,6 +204,8 @@ def job_from_task(
     extra.update({key: props[key] for key in CALL_OPTIONS if props.get(key) is not None})
     try:
         unique.normalize(extra)  # unique_for as whole seconds: Sidekiq Enterprise reads it too
+        if extra.get("retry_for") is not None:
+            extra["retry_for"] = jobs.retry_for_seconds(extra["retry_for"])
     except ValueError as exc:
         raise CodecError(f"task {options.klass!r}: {exc}") from None
     if extension:

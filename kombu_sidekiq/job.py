@@ -185,6 +185,24 @@ def is_plain_json(value: Any) -> bool:
     return True
 
 
+#: The largest ``retry_for`` Sidekiq's client accepts (it is relative seconds, not a time).
+RETRY_FOR_MAX: Final = 1_000_000_000
+
+
+def retry_for_seconds(value: Any) -> int:
+    """``retry_for`` as Sidekiq 7.1+ writes it: whole seconds, from a number or a timedelta.
+
+    >>> import datetime; retry_for_seconds(datetime.timedelta(hours=1))
+    3600
+    """
+    total = value.total_seconds() if hasattr(value, "total_seconds") else value
+    if isinstance(total, bool) or not isinstance(total, (int, float)) or not total >= 0:
+        raise ValueError(f"retry_for={value!r}: give seconds >= 0 (a number) or a timedelta")
+    if total > RETRY_FOR_MAX:
+        raise ValueError(f"retry_for={value!r}: a duration in seconds, not a point in time")
+    return int(total)
+
+
 def retry_option(job: Job) -> bool | int:
     """The job's ``retry``: Sidekiq's default ``true`` when absent or null."""
     retry = job.get("retry")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -18,7 +19,15 @@ import celery_sidekiq
 from celery_sidekiq import retry as retries
 from celery_sidekiq.middleware import Chain
 from celery_sidekiq.registry import CeleryRegistry
-from celery_sidekiq.retry import Failure, JobRetry, UnknownClass, backoff, record_failure
+from celery_sidekiq.retry import (
+    NO_HOOKS,
+    Failure,
+    Hooks,
+    JobRetry,
+    UnknownClass,
+    backoff,
+    record_failure,
+)
 from kombu_sidekiq import activejob, backtrace, codec
 from kombu_sidekiq import job as jobs
 from kombu_sidekiq.divert import Divert
@@ -194,6 +203,110 @@ def test_max_retries_setting_applies_to_retry_true() -> None:
     assert JobRetry(7, max_retries=2).decide(job, Failure("E", "m"), "q").action == "dead"
 
 
+# -- a task's hooks, retry_for ------------------------------------------------------------------
+
+
+def _decide(version: int, hooks: Hooks, **extra: Any) -> Any:
+    job = jobs.build("J", ["a"], extra=extra)
+    return JobRetry(version).decide(job, Failure.of(OSError("down")), "default", hooks=hooks)
+
+
+def test_retry_in_chooses_the_delay_and_gets_the_failure() -> None:
+    seen: list[Any] = []
+
+    def retry_in(count: int, exc: BaseException | None, job: dict[str, Any]) -> int:
+        seen.append((count, type(exc).__name__, job["error_class"], job["args"]))
+        return 300
+
+    verdict = _decide(7, Hooks(retry_in=retry_in), retry_count=2)
+    assert verdict.action == "retry"
+    assert 300 <= verdict.delay <= 300 + 9 * 4  # count 3: rand(10) * 4 of jitter on top
+    assert seen == [(3, "OSError", "OSError", ["a"])]
+
+
+@pytest.mark.parametrize("answer", [None, 0, -5, "soon", True, 2.0**70])
+def test_retry_in_answers_it_cannot_use_fall_back_to_sidekiqs_backoff(answer: Any) -> None:
+    verdict = _decide(7, Hooks(retry_in=lambda count, exc, job: answer))
+    if answer == 2.0**70:  # a huge number is a delay, as Ruby's to_i makes it
+        assert verdict.delay >= 2**70
+    else:
+        assert verdict.action == "retry" and 15 <= verdict.delay <= 24
+
+
+def test_a_hook_that_raises_never_loses_the_job() -> None:
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("bug in the hook")
+
+    assert _decide(7, Hooks(retry_in=broken)).action == "retry"
+    verdict = _decide(7, Hooks(retry_in=broken, exhausted=broken), retry=0)
+    assert (verdict.action, verdict.died) == ("dead", True)
+
+
+@pytest.mark.parametrize(
+    ("version", "retry_in", "exhausted", "extra", "action", "died", "called"),
+    [
+        (7, "kill", None, {}, "dead", True, True),  # kill: straight to retries_exhausted
+        (7, "discard", None, {}, "drop", False, False),  # before 8.0.7: no death handlers
+        (8, "discard", None, {}, "drop", True, False),  # 8.0.7+: they run
+        (7, None, "discard", {"retry": 0}, "drop", False, True),  # 7.2-8.0.6: skipped
+        (8, None, "discard", {"retry": 0}, "drop", True, True),
+        (7, None, None, {"retry": 0, "dead": False}, "drop", True, True),  # handlers still run
+        (7, None, None, {"retry": False}, "drop", False, False),  # re-raised: not a death
+    ],
+)
+def test_kill_and_discard_follow_sidekiq(
+    version: int,
+    retry_in: str | None,
+    exhausted: str | None,
+    extra: dict[str, Any],
+    action: str,
+    died: bool,
+    called: bool,
+) -> None:
+    calls: list[int] = []
+
+    def on_exhausted(job: dict[str, Any], exc: BaseException | None) -> str | None:
+        calls.append(job["retry_count"])
+        return exhausted
+
+    hooks = Hooks(retry_in=lambda count, exc, job: retry_in, exhausted=on_exhausted)
+    verdict = _decide(version, hooks, **extra)
+    assert (verdict.action, verdict.died, bool(calls)) == (action, died, called)
+    assert ("discarded_at" in verdict.job) == (version >= 8 and action == "drop")
+
+
+@pytest.mark.parametrize(
+    ("version", "failed_ago", "retry_count", "action"),
+    [
+        (7, 30, 0, "retry"),  # inside the window, under the count
+        (7, 120, 0, "dead"),  # the window ran out
+        (7, 30, 24, "dead"),  # 7.x: the count still counts
+        (8, 30, 24, "retry"),  # 8.1: only the window
+        (8, 120, 0, "dead"),
+        (6, 120, 0, "retry"),  # 6.x knows no retry_for
+    ],
+)
+def test_retry_for_is_a_window_from_the_first_failure(
+    version: int, failed_ago: float, retry_count: int, action: str
+) -> None:
+    failed_at = time.time() - failed_ago
+    extra = {"retry_for": 60, "retry_count": retry_count, "failed_at": failed_at}
+    if version >= 8:
+        extra["failed_at"] = int(failed_at * 1000)
+    assert _decide(version, NO_HOOKS, **extra).action == action
+
+
+def test_retry_for_is_written_as_whole_seconds_and_checked() -> None:
+    app = celery_sidekiq.setup(Celery("retry_for", broker="sidekiq://localhost:1/0"))
+    message = codec.sample_message("J", [1])
+    message["properties"]["retry_for"] = timedelta(minutes=90)
+    registry = CeleryRegistry(app)
+    assert codec.job_from_message(message, "default", registry)["retry_for"] == 5400
+    message["properties"]["retry_for"] = time.time()  # a time, not a duration
+    with pytest.raises(codec.CodecError, match="a duration in seconds"):
+        codec.job_from_message(message, "default", registry)
+
+
 # -- backtrace format ---------------------------------------------------------------------------
 
 
@@ -276,6 +389,8 @@ def test_chain_order_skip_and_fail() -> None:
         ({"unknown_class": "drop"}, r"setup\(unknown_class='drop'\): use 'retry' .* or 'requeue'"),
         ({"middleware": ["mymodule.link"]}, r"each link must be a callable .* not its name"),
         ({"middleware": print and 3}, r"pass a list of callables"),
+        ({"death_handlers": print}, r"setup\(death_handlers=.*\): give a list of callables"),
+        ({"death_handlers": ["mymodule.on_death"]}, r"give a list of callables"),
     ],
 )
 def test_bad_options_fail_at_setup_saying_what_to_change(

@@ -123,6 +123,36 @@ def test_exhausted_jobs_die_and_retry_false_or_dead_false_are_dropped(
     assert len(runs(redis, "bridge.fail", 4)) == 4
 
 
+def test_a_tasks_sidekiq_hooks_retry_for_and_death_handlers_decide_as_sidekiq_rb(
+    celery_worker: Any, redis: redis_lib.Redis
+) -> None:
+    celery_worker()  # sidekiq_version 7
+    client = Client(redis)
+    soon = jobs.build("bridge.flaky", ["soon"])  # sidekiq_retry_in: 30 s
+    kill = jobs.build("bridge.flaky", ["kill"])  # sidekiq_retry_in: "kill"
+    discard = jobs.build("bridge.flaky", ["discard"])  # sidekiq_retry_in: "discard"
+    forget = jobs.build("bridge.flaky", ["forget"], retry=0)  # exhausted block: "discard"
+    window = jobs.build(  # retry_for ran out: first failed two minutes ago
+        "bridge.flaky",
+        ["window"],
+        extra={"retry_for": 60, "retry_count": 0, "failed_at": time.time() - 120},
+    )
+    for job in (soon, kill, discard, forget, window, jobs.build("bridge.add", [1, 2])):
+        client.push(job)
+    runs(redis, "bridge.add")  # the solo worker runs jobs in order: the failures are handled
+
+    entry, score, _ = wait_in(redis, "retry", soon["jid"])
+    assert 30 <= score - entry["failed_at"] <= 30 + 9 + 2  # the chosen delay, Sidekiq's jitter
+    assert set(zset_jobs(redis, "retry")) == {soon["jid"]}
+    assert set(zset_jobs(redis, "dead")) == {kill["jid"], window["jid"]}
+    exhausted = {json.loads(e)["jid"] for e in redis.lrange("exhausted", 0, -1)}
+    assert exhausted == {kill["jid"], forget["jid"], window["jid"]}  # never for a retry/discard
+    # Sidekiq 7 runs death handlers for dead jobs, not for those a block discarded.
+    deaths = [json.loads(d) for d in redis.lrange("deaths", 0, -1)]
+    assert sorted(d["jid"] for d in deaths) == sorted([kill["jid"], window["jid"]])
+    assert {d["error"] for d in deaths} == {"ConnectionError"}
+
+
 def test_celerys_retry_autoretry_and_time_limits_land_in_retry_prefork_sidekiq_8(
     celery_worker: Any, redis: redis_lib.Redis
 ) -> None:

@@ -52,6 +52,15 @@ def test_an_unknown_class_is_retried_with_backoff_and_never_dropped(
     assert redis.llen("queue:default") == 0
     wait_for(lambda: inflight(redis) == 0, timeout=10, message="nothing left in flight")
     assert "no task for class 'Billing::Missing'" in worker.log_text()
+    # Counted as sidekiq.rb counts a missing constant: processed and failed (next heartbeat).
+    wait_for(
+        lambda: redis.mget("stat:processed", "stat:failed") == [b"3", b"2"],
+        timeout=15,
+        message="stat:processed 3 and stat:failed 2",
+    )
+    # The one that died ran the death handlers (bridge_app's records them).
+    (death,) = (json.loads(d) for d in redis.lrange("deaths", 0, -1))
+    assert death == {"jid": unknown_no_retry["jid"], "error": "NotRegistered"}
 
 
 def test_requeue_returns_an_unknown_class_to_its_queue_without_a_busy_loop(

@@ -40,6 +40,11 @@ def gatekeeper(job: dict[str, Any], call_next: Any) -> Any:
     return call_next()
 
 
+def record_death(job: dict[str, Any], exc: BaseException | None) -> None:
+    """Death handler: records each job whose retries are over in ``deaths``."""
+    store.rpush("deaths", json.dumps({"jid": job["jid"], "error": type(exc).__name__}))
+
+
 app = Celery(
     "bridge_app", broker=os.environ["BROKER_URL"], backend=os.environ.get("RESULT_BACKEND")
 )
@@ -47,6 +52,7 @@ celery_sidekiq.setup(
     app,
     **json.loads(os.environ.get("SIDEKIQ_SETUP") or '{"poll_interval": 0.5}'),
     middleware=[trace_jobs, gatekeeper] if os.environ.get("BRIDGE_MIDDLEWARE") else [],
+    death_handlers=[record_death],
 )
 app.conf.worker_hijack_root_logger = False
 
@@ -116,6 +122,25 @@ def fail(self: Any, message: str = "boom from python") -> None:
     """Always raises ValueError (failure counting, retry tests)."""
     record(self, message)
     raise ValueError(message)
+
+
+class Flaky(app.Task):
+    """Sidekiq's per-class blocks as task methods; the first arg picks what they answer."""
+
+    def sidekiq_retry_in(self, count: int, exc: BaseException, job: dict[str, Any]) -> Any:
+        choice = job["args"][0]
+        return {"soon": 30, "kill": "kill", "discard": "discard"}.get(choice)
+
+    def sidekiq_retries_exhausted(self, job: dict[str, Any], exc: BaseException) -> Any:
+        store.rpush("exhausted", json.dumps({"jid": job["jid"], "count": job["retry_count"]}))
+        return "discard" if job["args"][0] == "forget" else None
+
+
+@app.task(bind=True, base=Flaky, name="bridge.flaky")
+def flaky(self: Any, choice: str) -> None:
+    """Always raises; ``Flaky``'s hooks decide what happens next."""
+    record(self, choice)
+    raise ConnectionError(choice)
 
 
 class PaymentDeclined(Exception):
