@@ -41,19 +41,31 @@ class DirectAMQP(DirectProducerMixin, AMQP):  # type: ignore[misc]
 
 def install(app: Celery) -> None:
     """Make ``app``'s producers direct (``setup`` calls it)."""
-    if "amqp" in app.__dict__:  # already built: rebuilt from the new class on next use
-        base = type(app.__dict__.pop("amqp"))
-    else:
-        base = symbol_by_name(app.amqp_cls)
+    built = app.__dict__.get("amqp")
+    base = type(built) if built is not None else symbol_by_name(app.amqp_cls)
     if issubclass(base, DirectProducerMixin):
         return
-    if base is AMQP:
-        app.amqp_cls = f"{__name__}:DirectAMQP"  # by name, as Celery pickles an app
-        return
-    # An app with its own AMQP class keeps it, under a subclass this module can be asked for.
-    name = f"Direct{base.__name__}"
-    globals()[name] = type(name, (DirectProducerMixin, base), {"__module__": __name__})
-    app.amqp_cls = f"{__name__}:{name}"
+    direct = DirectAMQP if base is AMQP else _direct_subclass(base)
+    app.amqp_cls = f"{__name__}:{direct.__name__}"  # by name, as Celery pickles an app
+    if built is not None:
+        # Already in use: keep what it holds (queues a worker selected, its router), only
+        # its producer pool changes.
+        built.__class__ = direct
+
+
+def _direct_subclass(base: type) -> type:
+    # An app with its own AMQP class keeps it, under a subclass this module can be asked for
+    # by name (a second base of the same name gets a numbered one).
+    for value in list(globals().values()):
+        if isinstance(value, type) and value.__bases__ == (DirectProducerMixin, base):
+            return value
+    name, n = f"Direct{base.__name__}", 1
+    while name in globals():
+        n += 1
+        name = f"Direct{base.__name__}{n}"
+    direct = type(name, (DirectProducerMixin, base), {"__module__": __name__})
+    globals()[name] = direct
+    return direct
 
 
 __all__ = ["DirectAMQP", "DirectProducerMixin", "install"]

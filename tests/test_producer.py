@@ -85,6 +85,24 @@ def test_setup_makes_celerys_producers_direct(app: Celery) -> None:
         assert isinstance(producer, Producer)
 
 
+def test_setup_after_the_app_published_keeps_its_state_and_makes_it_direct(
+    broker_url: str, redis: redis_lib.Redis
+) -> None:
+    class OwnAMQP(AMQP):
+        """An app's own AMQP class stays in charge."""
+
+    app = Celery("late_setup", broker=broker_url, amqp=OwnAMQP)
+    app.conf.task_default_queue = "default"
+    app.amqp.queues.select_add("reports")  # state a worker's -Q would add
+    celery_sidekiq.setup(app)
+    assert isinstance(app.amqp, OwnAMQP) and "reports" in app.amqp.queues
+    with app.producer_or_acquire() as producer:
+        assert isinstance(producer, Producer)
+    app.send_task("Reports::Build", [1], queue="reports")
+    assert jobs.parse(redis.lindex("queue:reports", 0))["args"] == [1]
+    app.close()
+
+
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
