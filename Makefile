@@ -11,6 +11,7 @@ STAMP := $(VENV)/.installed
 
 deps:
 	bash scripts/install-system-deps.sh
+	bash scripts/fetch-sidekiq7.sh
 
 venv: $(STAMP)
 

@@ -24,7 +24,14 @@ from support.redis_server import (  # noqa: E402
     RedisServerFactory,
     redis_server_available,
 )
-from support.ruby import SidekiqProcess, SidekiqProcessFactory, ruby_available  # noqa: E402
+from support.ruby import (  # noqa: E402
+    SIDEKIQ7_ROOT,
+    SIDEKIQ_RBS,
+    SidekiqProcess,
+    SidekiqProcessFactory,
+    ruby_available,
+)
+from support.ruby import sidekiq_rb as sidekiq_rb_version  # noqa: E402
 from support.worker import CeleryWorker, CeleryWorkerFactory  # noqa: E402
 
 # (label, function returning the log tail) of processes started for the current test;
@@ -155,9 +162,24 @@ def celery_worker(
 
 @pytest.fixture
 def require_ruby() -> None:
-    """Skip (locally) or fail (CI=true) unless ruby can ``require "sidekiq"``."""
-    if not ruby_available():
-        missing_or_fail("ruby with sidekiq (Debian packages ruby, ruby-sidekiq)")
+    """Skip (locally) or fail (CI=true) unless ruby can ``require "sidekiq"`` (the version
+    ``SIDEKIQ_RB`` names: see ``sidekiq_rb``)."""
+    version = sidekiq_rb_version()
+    if not ruby_available(version):
+        missing_or_fail(
+            "ruby with sidekiq (Debian packages ruby, ruby-sidekiq)"
+            if version == "6"
+            else f"sidekiq.rb 7 unpacked in {SIDEKIQ7_ROOT} (make deps runs scripts/fetch-sidekiq7.sh)"
+        )
+
+
+@pytest.fixture(params=SIDEKIQ_RBS, ids=lambda version: f"sidekiq{version}")
+def sidekiq_rb(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs the test once per sidekiq.rb major version (6.4.1 and 7.x), with every Ruby helper
+    loading that version. A module opts in with ``pytest.mark.usefixtures("sidekiq_rb")``
+    ahead of ``require_ruby``."""
+    monkeypatch.setenv("SIDEKIQ_RB", request.param)
+    return str(request.param)
 
 
 @pytest.fixture

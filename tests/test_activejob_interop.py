@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ import redis as redis_lib
 from celery import Celery
 from kombu.utils import json as kombu_json
 from support.env import missing_or_fail
-from support.ruby import ruby_eval
+from support.ruby import ruby_env, ruby_eval, sidekiq_rb
 from support.values import typed
 from support.waiting import wait_for
 
@@ -41,12 +42,13 @@ UTC = timezone.utc
 
 
 @functools.cache
-def _activejob_available() -> bool:
+def _activejob_available(version: str) -> bool:
     probe = subprocess.run(
         ["ruby", "-e", 'require "sidekiq"; require "active_job"; require "global_id"'],
         capture_output=True,
         timeout=60,
         check=False,
+        env={**os.environ, **ruby_env(version)},
     )
     return probe.returncode == 0
 
@@ -54,11 +56,11 @@ def _activejob_available() -> bool:
 @pytest.fixture
 def require_activejob(require_ruby: None) -> None:
     """Skip (locally) or fail (CI=true) unless ruby can load ActiveJob and GlobalID."""
-    if not _activejob_available():
+    if not _activejob_available(sidekiq_rb()):
         missing_or_fail("Rails ActiveJob for ruby (Debian package ruby-activejob)")
 
 
-pytestmark.append(pytest.mark.usefixtures("require_activejob"))
+pytestmark.append(pytest.mark.usefixtures("sidekiq_rb", "require_activejob"))
 
 
 def producer_app(broker_url: str, **options: Any) -> Celery:

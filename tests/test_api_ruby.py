@@ -22,7 +22,7 @@ from celery_sidekiq import api
 from kombu_sidekiq import job as jobs
 from kombu_sidekiq.client import Client
 
-pytestmark = [pytest.mark.interop, pytest.mark.usefixtures("require_ruby")]
+pytestmark = [pytest.mark.interop, pytest.mark.usefixtures("sidekiq_rb", "require_ruby")]
 
 
 def ruby_json(redis_url: str, script: str, **env: str) -> Any:
@@ -417,7 +417,9 @@ def test_a_real_sidekiq_process_its_work_and_signals(
         """
         p = Sidekiq::ProcessSet.new.first
         w = Sidekiq::Workers.new.map { |pid, tid, h|
-          [pid, tid, h["queue"], h["run_at"], h["payload"]["jid"]] }
+          # 6.x yields the work Hash; 7.2+ a Sidekiq::Work (its "payload" is a JSON string)
+          h.is_a?(Hash) ? [pid, tid, h["queue"], h["run_at"], h["payload"]["jid"]]
+                        : [pid, tid, h.queue, h.run_at.to_i, h.job.jid] }
         puts JSON.generate(identity: p.identity, hostname: p["hostname"], pid: p["pid"], tag: p.tag,
           labels: p.labels, queues: p.queues, concurrency: p["concurrency"], busy: p["busy"],
           beat: p["beat"], stopping: p.stopping?, started_at: p["started_at"], work: w)

@@ -273,7 +273,7 @@ puts JSON.generate(out)
 
 @pytest.mark.interop
 def test_sidekiq_rb_reads_them_as_its_own(
-    require_ruby: None, app: Celery, redis: redis_lib.Redis, redis_url: str
+    sidekiq_rb: str, require_ruby: None, app: Celery, redis: redis_lib.Redis, redis_url: str
 ) -> None:
     now = time.time()
     queued_jids = push_bulk("RubyRecorder", [[1, "a"], [2, {"b": [3]}]], app=app, retry=3)

@@ -1,4 +1,4 @@
-"""Real sidekiq.rb (Debian's ruby-sidekiq 6.4.1) and real Celery workers, both directions.
+"""Real sidekiq.rb (6.4.1 and 7.x, see ``support.ruby``) and real Celery workers, both directions.
 
 In CI these run, never skip: the ``require_ruby`` fixture fails there when Ruby is missing.
 """
@@ -18,7 +18,7 @@ from support.ruby import ruby_eval, ruby_push
 
 import celery_sidekiq
 
-pytestmark = [pytest.mark.interop, pytest.mark.usefixtures("require_ruby")]
+pytestmark = [pytest.mark.interop, pytest.mark.usefixtures("sidekiq_rb", "require_ruby")]
 
 ARGS = [1, -2.5, "three", None, True, [1, [2]], {"k": "v", "n": {"m": [1]}}, "ünïcode ✓"]
 

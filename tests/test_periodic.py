@@ -591,7 +591,7 @@ def test_three_beats_enqueue_each_fire_of_a_one_second_cron_once(
 
 @pytest.mark.interop
 def test_sidekiq_rb_runs_what_beat_enqueued_for_its_own_and_rusty_entries(
-    beats: Any, sidekiq_process: Any, redis: redis_lib.Redis
+    sidekiq_rb: str, beats: Any, sidekiq_process: Any, redis: redis_lib.Redis
 ) -> None:
     sidekiq_process()
     # An entry as rusty-sidekiq writes it: null args, no queue, no retry.

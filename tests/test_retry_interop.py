@@ -17,7 +17,7 @@ from support.recorded import runs
 from support.ruby import ruby_eval, ruby_push
 from support.waiting import wait_for
 
-pytestmark = [pytest.mark.interop, pytest.mark.worker]
+pytestmark = [pytest.mark.interop, pytest.mark.worker, pytest.mark.usefixtures("sidekiq_rb")]
 
 # Read the first entry the way the Web UI's Retries/Dead pages do, then press "Retry now".
 READ_AND_RETRY = """

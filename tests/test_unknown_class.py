@@ -89,6 +89,7 @@ def test_requeue_returns_an_unknown_class_to_its_queue_without_a_busy_loop(
 
 
 def test_requeued_unknown_classes_reach_a_ruby_consumer(
+    sidekiq_rb: str,
     require_ruby: None,
     sidekiq_process: SidekiqProcessFactory,
     celery_worker: Any,

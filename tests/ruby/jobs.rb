@@ -7,14 +7,16 @@ require "json"
 
 # Debian's redis-rb 4.8 warns on every Sidekiq 6.4 push ("Redis#sadd will always return an
 # Integer..."); the noise would bury real errors in test output.
-Redis.silence_deprecations = true if Redis.respond_to?(:silence_deprecations=)
+Redis.silence_deprecations = true if defined?(Redis) && Redis.respond_to?(:silence_deprecations=)
 
 Sidekiq.configure_server do |config|
   config.redis = { url: ENV.fetch("REDIS_URL") }
   # Scheduled/retry poller: Sidekiq 6.4.1 defaults to a 10-15 s initial wait and then
   # ~5 s * process count between polls; an explicit interval skips the 10 s and keeps
   # tests of "at"/retry jobs fast. SIDEKIQ_POLL_INTERVAL overrides (seconds, float).
-  config.options[:poll_interval_average] = Float(ENV.fetch("SIDEKIQ_POLL_INTERVAL", "1"))
+  # (6.x keeps its options in a Hash, `options`; 7.x's Config is indexed itself.)
+  options = config.respond_to?(:options) ? config.options : config
+  options[:poll_interval_average] = Float(ENV.fetch("SIDEKIQ_POLL_INTERVAL", "1"))
 end
 Sidekiq.configure_client { |c| c.redis = { url: ENV.fetch("REDIS_URL") } }
 

@@ -1,4 +1,9 @@
-"""Run real sidekiq.rb (Debian's ruby-sidekiq 6.4.1) against the test Redis."""
+"""Run real sidekiq.rb against the test Redis: Debian 12's ruby-sidekiq 6.4.1 (installed), or
+Debian 13's 7.x, unpacked by ``scripts/fetch-sidekiq7.sh`` and run on the same Ruby.
+
+Which one runs is the ``SIDEKIQ_RB`` environment variable ("6" or "7"; the ``sidekiq_rb``
+fixture sets it), read by every helper here at call time.
+"""
 
 from __future__ import annotations
 
@@ -21,19 +26,61 @@ RUBY_DIR = TESTS_DIR / "ruby"
 PRELUDE = RUBY_DIR / "prelude.rb"
 JOBS = RUBY_DIR / "jobs.rb"
 
+#: The major versions of sidekiq.rb the interop tests can run against.
+SIDEKIQ_RBS = ("6", "7")
+
+#: Where ``scripts/fetch-sidekiq7.sh`` unpacks Sidekiq 7 (``make deps`` runs it).
+SIDEKIQ7_ROOT = Path(os.environ.get("SIDEKIQ7_ROOT") or TESTS_DIR.parent / ".cache" / "sidekiq-7")
+
+
+def sidekiq_rb() -> str:
+    """The sidekiq.rb major version the helpers run: ``SIDEKIQ_RB``, default "6"."""
+    return os.environ.get("SIDEKIQ_RB") or "6"
+
+
+def _gem_dir(prefix: str) -> Path | None:
+    gems = SIDEKIQ7_ROOT / "usr/share/rubygems-integration/all/gems"
+    found = sorted(gems.glob(f"{prefix}*")) if gems.is_dir() else []
+    return found[-1] if found else None
+
+
+def ruby_env(version: str | None = None) -> dict[str, str]:
+    """What to add to a Ruby process's environment to load ``version``'s sidekiq.rb."""
+    if (version or sidekiq_rb()) == "6":
+        return {}
+    libs = [_gem_dir(name) for name in ("sidekiq-7.", "redis-client-", "connection_pool-")]
+    if None in libs:
+        raise RuntimeError(f"sidekiq.rb 7 is not unpacked in {SIDEKIQ7_ROOT}: run make deps")
+    path = [str(lib / "lib") for lib in libs if lib is not None]
+    old = os.environ.get("RUBYLIB")
+    return {"RUBYLIB": ":".join([*path, old] if old else path)}
+
 
 @functools.cache
-def ruby_available() -> bool:
-    """ruby is on PATH and ``require "sidekiq"`` works (cached: it costs ~0.3 s)."""
+def ruby_available(version: str = "6") -> bool:
+    """ruby is on PATH and ``require "sidekiq"`` loads ``version`` (cached: ~0.3 s each)."""
     if shutil.which("ruby") is None:
         return False
+    try:
+        env = {**os.environ, **ruby_env(version)}
+    except RuntimeError:
+        return False
     probe = subprocess.run(
-        ["ruby", "-e", 'require "sidekiq"'], capture_output=True, timeout=60, check=False
+        ["ruby", "-e", f'require "sidekiq"; exit(Sidekiq::VERSION.start_with?("{version}."))'],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env=env,
     )
     return probe.returncode == 0
 
 
 def _sidekiq_cmd() -> list[str]:
+    if sidekiq_rb() != "6":
+        gem = _gem_dir("sidekiq-7.")
+        if gem is None:
+            raise RuntimeError(f"sidekiq.rb 7 is not unpacked in {SIDEKIQ7_ROOT}: run make deps")
+        return ["ruby", str(gem / "bin" / "sidekiq")]
     exe = shutil.which("sidekiq")
     return [exe] if exe else ["ruby", "-S", "sidekiq"]
 
@@ -43,7 +90,7 @@ def ruby_eval(
 ) -> str:
     """Run ``script`` with tests/ruby/prelude.rb loaded (Sidekiq client on ``redis_url``,
     json, sidekiq/api). Returns stripped stdout; raises RuntimeError with stderr on failure."""
-    full_env = {**os.environ, "REDIS_URL": redis_url, **(env or {})}
+    full_env = {**os.environ, **ruby_env(), "REDIS_URL": redis_url, **(env or {})}
     res = subprocess.run(
         ["ruby", "-r", str(PRELUDE), "-e", script],
         env=full_env,
@@ -130,7 +177,7 @@ class SidekiqProcess(LoggedProcess):
 
     def start(self, timeout: float = 30.0) -> SidekiqProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "REDIS_URL": self.redis_url, **self.extra_env}
+        env = {**os.environ, **ruby_env(), "REDIS_URL": self.redis_url, **self.extra_env}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 self.argv,
