@@ -1,12 +1,13 @@
 """Sidekiq's own Web UI shows Celery workers and Python failures (issue 3, point 10).
 
-The real UI (Debian's ruby-sidekiq 6.4.1: tests/ruby/web.ru served by ``rackup`` and WEBrick)
+The real UI (sidekiq.rb 6.4.1 and 7.3.2: tests/ruby/web.ru served by ``rackup`` and WEBrick)
 runs on the test's Redis beside a real Celery worker and a real sidekiq.rb process; headless
 Chromium (Debian's ``chromium``) loads the Busy and Retries pages, and the test reads the DOM it
 rendered: what a person looking at the UI would see.
 
 The test always takes screenshots, into its tmp dir; with ``UPDATE_SCREENSHOTS=1`` it writes
-them to docs/images/ instead (``web-ui-busy.png``, ``web-ui-retries.png``: the README's):
+those of 6.4.1 to docs/images/ instead (``web-ui-busy.png``, ``web-ui-retries.png``: the
+README's):
 
     UPDATE_SCREENSHOTS=1 python -m pytest -p no:cacheprovider tests/test_web_ui.py
 """
@@ -30,12 +31,14 @@ from support.waiting import wait_for
 from support.web_ui import Row, SidekiqWeb, tables, web_ui_available
 from support.worker import CeleryWorkerFactory
 
+from celery_sidekiq.heartbeat import VERSION_LABEL
 from kombu_sidekiq import job as jobs
 from kombu_sidekiq.client import Client
 
-#: setup() options of the Celery worker: Sidekiq 6 (6.4.1 reads ``<identity>:workers`` for the
-#: Busy page's jobs) and a fast beat, so the page is current within half a second.
-SETUP = {"sidekiq_version": 6, "beat_interval": 0.5, "poll_interval": 0.5}
+#: setup() options of the Celery worker: a fast beat, so the page is current within half a
+#: second (and ``sidekiq_version``, the Ruby side's: 6.4.1 reads ``<identity>:workers`` for the
+#: Busy page's jobs, 7 ``<identity>:work``).
+SETUP = {"beat_interval": 0.5, "poll_interval": 0.5}
 
 #: Viewport sizes (width, height) that fit each page's content and no more.
 BUSY_SCREEN = (1400, 860)
@@ -44,10 +47,10 @@ DOCS_IMAGES = REPO_ROOT / "docs" / "images"
 
 
 @pytest.fixture
-def screenshots(tmp_path: Path) -> Path:
-    """Where screenshots go: docs/images/ with UPDATE_SCREENSHOTS=1, else the tmp dir (so a
-    test run never dirties the work tree)."""
-    if os.environ.get("UPDATE_SCREENSHOTS", "") not in ("", "0"):
+def screenshots(sidekiq_rb: str, tmp_path: Path) -> Path:
+    """Where screenshots go: docs/images/ with UPDATE_SCREENSHOTS=1 (6.4.1's: the README's),
+    else the tmp dir (so a test run never dirties the work tree)."""
+    if sidekiq_rb == "6" and os.environ.get("UPDATE_SCREENSHOTS", "") not in ("", "0"):
         return DOCS_IMAGES
     return tmp_path / "screenshots"
 
@@ -63,9 +66,11 @@ def browser(tmp_path: Path) -> Iterator[Chromium]:
 
 
 @pytest.fixture
-def sidekiq_web(require_ruby: None, redis_url: str, tmp_path: Path) -> Iterator[SidekiqWeb]:
+def sidekiq_web(
+    sidekiq_rb: str, require_ruby: None, redis_url: str, tmp_path: Path
+) -> Iterator[SidekiqWeb]:
     """The Web UI on a free port, reading the test's (flushed) Redis."""
-    if not web_ui_available():
+    if not web_ui_available(sidekiq_rb):
         missing_or_fail("rackup and WEBrick (Debian packages ruby-rack, ruby-webrick)")
     web = SidekiqWeb(redis_url, tmp_path / "web.log").start()
     yield web
@@ -132,6 +137,7 @@ def test_png_size_reads_the_header(tmp_path: Path) -> None:
 @pytest.mark.worker
 def test_busy_and_retries_pages_show_the_celery_worker_and_python_failures(
     browser: Chromium,  # first: a missing chromium fails before any server starts
+    sidekiq_rb: str,
     celery_worker: CeleryWorkerFactory,
     sidekiq_process: SidekiqProcessFactory,
     sidekiq_web: SidekiqWeb,
@@ -144,7 +150,7 @@ def test_busy_and_retries_pages_show_the_celery_worker_and_python_failures(
         pool="threads",
         concurrency=3,
         queues="default,low",
-        env={"SIDEKIQ_SETUP": json.dumps(SETUP)},
+        env={"SIDEKIQ_SETUP": json.dumps({**SETUP, "sidekiq_version": int(sidekiq_rb)})},
     )
     identity = identity_of(redis, worker.pid)
     ruby_identity = identity_of(redis, ruby.pid)
@@ -198,8 +204,9 @@ def test_busy_and_retries_pages_show_the_celery_worker_and_python_failures(
     # --- Busy: the Celery worker, its queues and threads, and the Python job it runs --------
     sleeper = jobs.build("bridge.sleep", [60], queue="low", version=6)
     client.push(sleeper)
+    work_key = f"{identity}:workers" if sidekiq_rb == "6" else f"{identity}:work"
     wait_for(
-        lambda: redis.hget(identity, "busy") == b"1" and redis.hlen(f"{identity}:workers") == 1,
+        lambda: redis.hget(identity, "busy") == b"1" and redis.hlen(work_key) == 1,
         timeout=20,
         message="the worker reports bridge.sleep as running",
     )
@@ -208,12 +215,14 @@ def test_busy_and_retries_pages_show_the_celery_worker_and_python_failures(
     assert set(processes) == {identity, ruby_identity}
     # Columns: Name (host:pid, tag, labels, queues), Started, RSS, Threads, Busy, buttons.
     name, _started, rss, threads, busy_count, buttons = processes[identity].cells
-    assert name == f"{host}:{worker.pid} worker1@{host} celery Queues: default, low"
+    # 7.0.2+ end the name cell with the process's version: ours names the bridge.
+    version = "" if sidekiq_rb == "6" else f" Version: {VERSION_LABEL}"
+    assert name == f"{host}:{worker.pid} worker1@{host} celery Queues: default, low{version}"
     assert (threads, busy_count) == ("3", "1")
     assert rss.endswith(("KB", "MB"))
     assert buttons == "Quiet Stop"
     ruby_name, _, _, ruby_threads, ruby_busy, _ = processes[ruby_identity].cells
-    assert ruby_name.startswith(f"{host}:{ruby.pid} ") and ruby_name.endswith("Queues: ruby")
+    assert ruby_name.startswith(f"{host}:{ruby.pid} ") and "Queues: ruby" in ruby_name
     assert (ruby_threads, ruby_busy) == ("2", "0")
 
     # Columns: Process, TID, JID, Queue, Job, Arguments, Started. (Only the sleeper: were a

@@ -1,4 +1,4 @@
-# rackup config: the real Sidekiq Web UI (Debian's ruby-sidekiq 6.4.1) on the test's Redis.
+# rackup config: the real Sidekiq Web UI (6.4.1, or 7.x on RUBYLIB) on the test's Redis.
 #
 #   REDIS_URL=redis://127.0.0.1:6379/0 rackup -s webrick -o 127.0.0.1 -p 9292 tests/ruby/web.ru
 #
@@ -10,7 +10,7 @@ require "sidekiq/web"
 
 # Debian's redis-rb 4.8 warns on every Sidekiq 6.4 call ("Redis#sadd will always return an
 # Integer..."); the noise would bury real errors in the server log.
-Redis.silence_deprecations = true if Redis.respond_to?(:silence_deprecations=)
+Redis.silence_deprecations = true if defined?(Redis) && Redis.respond_to?(:silence_deprecations=)
 
 Sidekiq.configure_client { |c| c.redis = { url: ENV.fetch("REDIS_URL") } }
 

@@ -1,4 +1,4 @@
-"""The real Sidekiq Web UI (Debian's ruby-sidekiq 6.4.1), served by ``rackup`` and WEBrick.
+"""The real Sidekiq Web UI (6.4.1, or 7.x: see ``support.ruby``), served by ``rackup`` and WEBrick.
 
 ``SidekiqWeb(redis_url, log_path).start()`` runs ``rackup -s webrick tests/ruby/web.ru`` on a free
 loopback port and returns once ``GET /busy`` answers 200. ``tables(html)`` reads the UI's tables
@@ -24,6 +24,7 @@ from pathlib import Path
 
 from support.procs import TESTS_DIR, LoggedProcess
 from support.redis_server import free_port
+from support.ruby import ruby_env
 from support.waiting import wait_for
 
 WEB_RU = TESTS_DIR / "ruby" / "web.ru"
@@ -34,11 +35,15 @@ _PROBE = 'require "sidekiq/web"; require "rack/session/cookie"; require "webrick
 
 
 @functools.cache
-def web_ui_available() -> bool:
-    """``rackup`` is on PATH and Ruby can load Sidekiq::Web, Rack's cookie session and WEBrick."""
+def web_ui_available(version: str = "6") -> bool:
+    """``rackup`` is on PATH and Ruby can load Sidekiq::Web (of sidekiq.rb ``version``), Rack's
+    cookie session and WEBrick."""
     if shutil.which("rackup") is None or shutil.which("ruby") is None:
         return False
-    probe = subprocess.run(["ruby", "-e", _PROBE], capture_output=True, timeout=60, check=False)
+    env = {**os.environ, **ruby_env(version)}
+    probe = subprocess.run(
+        ["ruby", "-e", _PROBE], capture_output=True, timeout=60, check=False, env=env
+    )
     return probe.returncode == 0
 
 
@@ -71,7 +76,7 @@ class SidekiqWeb(LoggedProcess):
             self.proc = subprocess.Popen(
                 self.argv,
                 cwd=TESTS_DIR.parent,
-                env={**os.environ, "REDIS_URL": self.redis_url},
+                env={**os.environ, **ruby_env(), "REDIS_URL": self.redis_url},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
