@@ -30,9 +30,11 @@ templates, ``virtual.QoS`` (``_delivered``, ``restore_unacked``), ``connection._
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import time
+from collections.abc import Iterator
 from queue import Empty
 from typing import Any, Final
 
@@ -493,67 +495,48 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         ``batch`` is kombu's publish batch, when one is open. Both ways in come here: kombu's
         ``basic_publish`` (``_put``) and :class:`Producer`'s direct path.
         """
-        try:
-            self._write_task(queue, headers, properties, body, batch)
-        except kombu_redis.redis.ResponseError as exc:
-            if isinstance(exc, kombu_redis.redis.ReadOnlyError) or is_unblocked(exc):
-                raise  # a failover: retried on the new master, as a lost connection is
-            # kombu counts every error reply as a lost connection and publishes again; after a
-            # write that half succeeded (WRONGTYPE on `queues`, the LPUSH done) that would
-            # enqueue the job twice.
-            raise WriteRefused(
-                f"Redis refused to store the job for queue {queue!r}: {exc}"
-            ) from exc
-
-    def _write_task(
-        self,
-        queue: str,
-        headers: dict[str, Any],
-        properties: dict[str, Any],
-        body: Any,
-        batch: Any,
-    ) -> None:
-        at = codec.eta_in(headers)
-        carried = properties.get(codec.RETRY_JOB_PROPERTY)
-        if carried is not None:
-            # A worker retrying the job it ran (Celery's Task.retry): the failed job itself,
-            # every key kept, waits in `retry` like Sidekiq's own retries, not in `schedule`.
-            entry = {jobs.dumps(codec.retry_job(carried, body)): at or time.time()}
-            if batch is not None:
-                batch.add("zadd", self.keys.retry, entry)
+        with refused_writes(queue):
+            at = codec.eta_in(headers)
+            carried = properties.get(codec.RETRY_JOB_PROPERTY)
+            if carried is not None:
+                # A worker retrying the job it ran (Celery's Task.retry): the failed job itself,
+                # every key kept, waits in `retry` like Sidekiq's own retries, not in `schedule`.
+                entry = {jobs.dumps(codec.retry_job(carried, body)): at or time.time()}
+                if batch is not None:
+                    batch.add("zadd", self.keys.retry, entry)
+                else:
+                    self.sidekiq.redis.zadd(self.keys.retry, entry)
+                return
+            scheduled = at is not None and at > time.time()
+            job = codec.job_from_task(
+                headers,
+                properties,
+                body,
+                queue,
+                self.registry,
+                version=self.sidekiq_version,
+                scheduled=scheduled,
+            )
+            if self.max_payload_bytes:
+                check_payload_size(job, self.max_payload_bytes)
+            lock = unique.lock_for(job, self.keys, at - time.time() if at and scheduled else 0.0)
+            if lock is not None:
+                # Lock and push in one script, now, so a duplicate raises DuplicateJob from
+                # apply_async; jobs batched before it go first, keeping their order.
+                if batch is not None:
+                    batch.flush()
+                unique.push(self.sidekiq, job, lock, at if scheduled else None)
+                return
+            if batch is None:
+                if scheduled and at is not None:
+                    self.sidekiq.schedule(job, at)
+                else:
+                    self.sidekiq.push(job)
+            elif scheduled and at is not None:
+                batch.add("zadd", self.keys.schedule, {jobs.dumps(job): at})
             else:
-                self.sidekiq.redis.zadd(self.keys.retry, entry)
-            return
-        scheduled = at is not None and at > time.time()
-        job = codec.job_from_task(
-            headers,
-            properties,
-            body,
-            queue,
-            self.registry,
-            version=self.sidekiq_version,
-            scheduled=scheduled,
-        )
-        if self.max_payload_bytes:
-            check_payload_size(job, self.max_payload_bytes)
-        lock = unique.lock_for(job, self.keys, at - time.time() if at and scheduled else 0.0)
-        if lock is not None:
-            # Lock and push in one script, now, so a duplicate raises DuplicateJob from
-            # apply_async; jobs batched before it go first, keeping their order.
-            if batch is not None:
-                batch.flush()
-            unique.push(self.sidekiq, job, lock, at if scheduled else None)
-            return
-        if batch is None:
-            if scheduled and at is not None:
-                self.sidekiq.schedule(job, at)
-            else:
-                self.sidekiq.push(job)
-        elif scheduled and at is not None:
-            batch.add("zadd", self.keys.schedule, {jobs.dumps(job): at})
-        else:
-            batch.add("sadd", self.keys.queues, queue)
-            batch.add("lpush", self.keys.queue(queue), jobs.dumps(job))
+                batch.add("sadd", self.keys.queues, queue)
+                batch.add("lpush", self.keys.queue(queue), jobs.dumps(job))
 
     def _size(self, queue: str) -> int:
         with self.sidekiq.redis.pipeline() as pipe:
@@ -683,6 +666,23 @@ class PayloadTooLarge(ValueError):
 class WriteRefused(Exception):
     """Redis answered a job write with an error (a key of the wrong type, out of memory): not
     a lost connection, so not retried."""
+
+
+@contextlib.contextmanager
+def refused_writes(queue: str) -> Iterator[None]:
+    """Turn an error reply to a job write into :class:`WriteRefused`.
+
+    kombu counts every error reply as a lost connection and publishes again; after a write
+    that half succeeded (WRONGTYPE on ``queues``, the ``LPUSH`` done) that would enqueue the
+    job twice. A failover's replies (``READONLY``, ``UNBLOCKED``) stay what they are: retried
+    on the new master, as a lost connection is.
+    """
+    try:
+        yield
+    except kombu_redis.redis.ResponseError as exc:
+        if isinstance(exc, kombu_redis.redis.ReadOnlyError) or is_unblocked(exc):
+            raise
+        raise WriteRefused(f"Redis refused to store the job for queue {queue!r}: {exc}") from exc
 
 
 def oversize(size: int, limit: int) -> str | None:
