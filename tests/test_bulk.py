@@ -14,6 +14,7 @@ import redis as redis_lib
 from celery import Celery
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import strategies
 from support.ruby import ruby_eval
 from support.waiting import wait_for
 
@@ -214,15 +215,7 @@ def test_nothing_to_push_touches_nothing(app: Celery, redis: redis_lib.Redis) ->
     assert redis.keys("*") == []
 
 
-JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**53), 2**53)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
-    max_leaves=8,
-)
+JSON = strategies.json_values(strategies.json_scalars(), size=3, leaves=8)
 
 
 @settings(

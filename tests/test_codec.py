@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support import strategies
 
 from kombu_sidekiq import codec
 from kombu_sidekiq import job as jobs
@@ -160,19 +161,8 @@ def test_only_task_messages_become_jobs() -> None:
 #: Keys whose values the job model checks; everything else is somebody else's and opaque.
 OWNED_KEYS = {"class", "args", "queue", "jid", "retry", "celery", *jobs.TIMESTAMP_KEYS}
 
-json_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**53), 2**53)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=10)
-)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
-    ),
-    max_leaves=10,
+json_values = strategies.json_values(
+    strategies.json_scalars(text_size=10), size=3, leaves=10, key_size=6
 )
 
 

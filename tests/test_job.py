@@ -8,6 +8,7 @@ import re
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support import strategies
 
 from kombu_sidekiq import job as jobs
 
@@ -133,17 +134,7 @@ def test_mark_enqueued_keeps_the_jobs_own_unit() -> None:
     assert isinstance(rusty["enqueued_at"], float)
 
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**53), 2**53)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
+json_values = strategies.json_values(strategies.json_scalars(), size=4, leaves=12, key_size=8)
 
 
 @given(

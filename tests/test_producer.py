@@ -21,16 +21,17 @@ from celery.app.amqp import AMQP
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kombu.pools import ProducerPool
+from support import strategies
 
 import celery_sidekiq
 from kombu_sidekiq import job as jobs
 from kombu_sidekiq.transport import Producer, WriteRefused
 
 #: JSON values as ``json`` writes them natively (no NaN: it never equals itself).
-json_values = st.recursive(
+json_values = strategies.json_values(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-    max_leaves=12,
+    size=4,
+    leaves=12,
 )
 
 
