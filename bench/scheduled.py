@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from celery import Celery
 
 from bench.drain import fresh
 from bench.harness import BenchError, Marks, NativeMessages, Worker, rss_kb, running, wait_until
@@ -60,14 +61,21 @@ def steady_rss(worker: Worker, timeout: float = 30.0) -> int:
     return int(wait_until(steady, timeout, "a steady RSS", interval=0.5))
 
 
+def _solo_run(
+    transport: str, port: int, work_dir: Path, label: str, poll_interval: float
+) -> tuple[redis.Redis, Marks, Celery, Worker]:
+    """A fresh run and its ``-P solo`` worker (not started yet), polling every ``poll_interval``,
+    logging to ``<label>-<transport>.log``."""
+    client, marks, app = fresh(transport, port, work_dir)
+    env = {"BENCH_POLL_INTERVAL": str(poll_interval)}
+    log = work_dir / f"{label}-{transport}.log"
+    return client, marks, app, Worker(_url(transport, port), marks.dir, log, "solo", 1, env)
+
+
 def memory_run(
     transport: str, port: int, count: int, work_dir: Path, poll_interval: float
 ) -> dict[str, Any]:
-    client, marks, app = fresh(transport, port, work_dir)
-    env = {"BENCH_POLL_INTERVAL": str(poll_interval)}
-    worker = Worker(
-        _url(transport, port), marks.dir, work_dir / f"rss-{transport}.log", "solo", 1, env
-    )
+    client, marks, app, worker = _solo_run(transport, port, work_dir, "rss", poll_interval)
     try:
         # KILL at the end: a warm shutdown of the native worker would first hand 100,000
         # held messages back to Redis, which is not what is measured.
@@ -122,11 +130,7 @@ def percentile(sorted_values: list[float], p: float) -> float:
 def lateness_run(
     transport: str, port: int, count: int, spread: float, work_dir: Path, poll_interval: float
 ) -> dict[str, Any]:
-    client, marks, app = fresh(transport, port, work_dir)
-    env = {"BENCH_POLL_INTERVAL": str(poll_interval)}
-    worker = Worker(
-        _url(transport, port), marks.dir, work_dir / f"lateness-{transport}.log", "solo", 1, env
-    )
+    client, marks, app, worker = _solo_run(transport, port, work_dir, "lateness", poll_interval)
     try:
         with running(worker, kill=True):
             _ready(transport, app, client, marks, worker)
