@@ -250,17 +250,7 @@ class ReliableFetch:
         ``head``/``tail`` of its queue, ``retry``/``schedule`` at epoch ``at``, or ``dead``.
         False if it was no longer in flight (a recovery took it): nothing is stored twice.
         """
-        keys = self.keys
-        now = time.time()
-        mode: str
-        if to in ("head", "tail"):
-            target, mode, score = keys.queue(queue), to, 0.0
-        elif to == "dead":
-            target, mode, score = keys.dead, "dead", now
-        else:
-            target, mode, score = keys.key(to), "zset", at
-        args = [tag, payload, mode, score, now - DEAD_TIMEOUT, DEAD_MAX_JOBS]
-        return bool(SETTLE(self.client.redis, [self.inflight(queue), target], args))
+        return settle(self.client, self.inflight(queue), tag, queue, to, payload, at=at)
 
     # -- lease and recovery ----------------------------------------------------------------
 
@@ -333,3 +323,34 @@ class ReliableFetch:
             except Exception as exc:  # Redis away: the next beat tries again
                 logger.warning("fetch lease: %s: %s", type(exc).__name__, exc)
             self._stopped.wait(beat)
+
+
+def settle(
+    client: Client,
+    inflight: str,
+    tag: int,
+    queue: str,
+    to: Destination,
+    payload: str | bytes,
+    *,
+    at: float = 0.0,
+) -> bool:
+    """Move the job in field ``tag`` of the in-flight hash ``inflight`` out of flight and into
+    ``to`` in one atomic step (``settle.lua``), from any process: the one that fetched it, or
+    the pool process that ran it and stores its failure.
+
+    ``head``/``tail`` of ``queue``, ``retry``/``schedule`` at epoch ``at``, or ``dead``.
+    Returns False if the job was no longer in flight (a recovery took it): nothing is stored
+    twice, so a settle sent twice leaves one copy. If it raises, the job is still in flight.
+    """
+    keys = client.keys
+    now = time.time()
+    mode: str
+    if to in ("head", "tail"):
+        target, mode, score = keys.queue(queue), to, 0.0
+    elif to == "dead":
+        target, mode, score = keys.dead, "dead", now
+    else:
+        target, mode, score = keys.key(to), "zset", at
+    args = [tag, payload, mode, score, now - DEAD_TIMEOUT, DEAD_MAX_JOBS]
+    return bool(SETTLE(client.redis, [inflight, target], args))

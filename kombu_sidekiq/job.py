@@ -16,8 +16,10 @@ checks it, and sets the keys it owns.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
+from collections.abc import Iterator
 from typing import Any, Final
 
 Job = dict[str, Any]
@@ -95,14 +97,92 @@ def to_epoch_seconds(value: Any) -> float | None:
     return None
 
 
+#: The deepest nesting of arrays and objects a job may have: Ruby's ``JSON.parse`` refuses
+#: more (its ``max_nesting``), so a deeper job could neither run in Ruby nor be read back there.
+MAX_NESTING: Final = 100
+
+
 def parse(raw: bytes | str) -> Job:
-    """Parse and validate a job from its JSON; raise :class:`InvalidJob` with the reason."""
+    r"""Parse and validate a job from its JSON; raise :class:`InvalidJob` with the reason.
+
+    This is the one door for everything read from Redis (queue items, members of ``retry``,
+    ``schedule`` and ``dead``, what the API reads): whatever the bytes, it returns a job that
+    can be written back as it was read, or raises :class:`InvalidJob`, and nothing else.
+
+    >>> parse(r'{"class":"A","args":["\ud800"]}')  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    kombu_sidekiq.job.InvalidJob: a string holds a lone UTF-16 surrogate (\ud800), which UTF-8 ...
+    """
     try:
-        job = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        text = raw if isinstance(raw, str) else raw.decode("utf-8")
+        job = _decode(text)
+    except InvalidJob:
+        raise
+    except RecursionError:
+        raise InvalidJob(f"nested deeper than {MAX_NESTING} arrays or objects") from None
+    except (ValueError, UnicodeDecodeError, TypeError) as exc:
         raise InvalidJob(f"not JSON: {exc}") from None
     validate(job)
+    _check_writable(job, text)
     return job  # type: ignore[no-any-return]
+
+
+def _refuse_constant(name: str) -> Any:
+    raise InvalidJob(f"not JSON: {name} is no JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: Python would write it back as Infinity
+        raise InvalidJob(f"the number {text[:40]} is out of range")
+    return value
+
+
+#: One decoder for every job (``json.loads`` with options builds a new one per call).
+_decode = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float).decode
+
+
+def _check_writable(job: Job, text: str) -> None:
+    """Refuse what parses here but could not be written back as UTF-8, or read by Ruby.
+
+    Each check walks the job only when a cheap scan of the text says it could fail, so an
+    ordinary job costs two ``str.count`` calls and two ``in`` tests.
+    """
+    if text.count("[") + text.count("{") > MAX_NESTING and _depth(job) > MAX_NESTING:
+        raise InvalidJob(f"nested deeper than {MAX_NESTING} arrays or objects")
+    if ("\\ud" in text or "\\uD" in text) and _has_lone_surrogate(job):
+        raise InvalidJob(
+            "a string holds a lone UTF-16 surrogate (\\ud800), which UTF-8 cannot carry"
+        )
+
+
+def _walk(value: Any) -> Iterator[tuple[Any, int]]:
+    """Every value inside ``value`` with its depth (1 for ``value``), keys included."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        yield item, depth
+        if isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                stack.append((key, depth + 1))
+                stack.append((child, depth + 1))
+
+
+def _depth(value: Any) -> int:
+    """Arrays and objects nested in ``value``, counting itself."""
+    return max(depth for item, depth in _walk(value) if isinstance(item, (list, dict)))
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    for item, _ in _walk(value):
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
 
 
 def validate(job: Any) -> None:

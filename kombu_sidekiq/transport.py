@@ -73,6 +73,10 @@ FETCH_BATCH: Final = 100
 #: The message property carrying a delivered job's field number in its worker's in-flight hash.
 TAG_PROPERTY: Final = "sidekiq_tag"
 
+#: The message property naming that in-flight hash, so that the process running the job can
+#: move it out of flight and into ``retry`` or ``dead`` in one step (``fetch.settle``).
+INFLIGHT_PROPERTY: Final = "sidekiq_inflight"
+
 
 class QoS(virtual.QoS):  # type: ignore[misc]
     """Acks for reliable fetch: a job leaves its worker's in-flight hash when acknowledged.
@@ -394,6 +398,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 return None
         envelope = codec.message_from_job(job, raw, queue, self.registry)
         envelope["properties"][TAG_PROPERTY] = item.tag
+        envelope["properties"][INFLIGHT_PROPERTY] = self.fetcher.inflight(queue)
         return envelope
 
     def _divert(self, item: Fetched, where: Divert) -> None:
