@@ -49,7 +49,7 @@ from . import codec, unique
 from . import job as jobs
 from .client import Client
 from .divert import Divert, Intake
-from .fetch import DEFAULT_LEASE, Destination, Fetched, ReliableFetch
+from .fetch import DEFAULT_LEASE, DEFAULT_MAX_RECOVERIES, Destination, Fetched, ReliableFetch
 from .keys import Keys
 
 logger = logging.getLogger(__name__)
@@ -95,10 +95,16 @@ class QoS(virtual.QoS):  # type: ignore[misc]
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         message = self._settling(delivery_tag)
         if message is not None:
-            if requeue:
-                self.channel._restore_at_beginning(message)
-            else:
-                self.channel._discard(message)
+            try:
+                if requeue:
+                    self.channel._restore_at_beginning(message)
+                else:
+                    self.channel._discard(message)
+            except Exception as exc:
+                # Still in flight, held by no task: the next fetch gives it back to its queue
+                # (ReliableFetch.give_back), or recovery does if this worker dies first.
+                logger.error("could not %s a rejected job now (%s); given back later",
+                             "requeue" if requeue else "bury", exc)  # fmt: skip
         super().ack(delivery_tag)
 
     def _settling(self, delivery_tag: str) -> Any:
@@ -152,6 +158,10 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     #: (``None``: a quarter of the lease, at most ``DEFAULT_RECOVER_INTERVAL``).
     fetch_recover_interval: float | None = None
 
+    #: How many times a job may be recovered from dead workers before it is taken for poison
+    #: and goes to the dead set (Sidekiq Pro's super_fetch has the same check); 0: no limit.
+    fetch_max_recoveries = DEFAULT_MAX_RECOVERIES
+
     #: The largest job, in bytes of JSON, a producer may write or a consumer takes (0: no cap);
     #: a bigger one is refused with PayloadTooLarge, or moved untouched to the dead set.
     max_payload_bytes = 0
@@ -164,6 +174,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         "sidekiq_intake",
         "fetch_lease",
         "fetch_recover_interval",
+        "fetch_max_recoveries",
         "max_payload_bytes",
     )
 
@@ -186,6 +197,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._fetch_next = True
         self._idle = False
         self._block_turn = 0
+        self._awaiting = False  # a fetch or wait was sent and its reply not read yet
 
     def _check_options(self) -> None:
         if not self.ack_emulation:
@@ -239,6 +251,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 lease=self.fetch_lease,
                 recover_interval=self.fetch_recover_interval,
                 background=self.detached_client(),
+                max_recoveries=self.fetch_max_recoveries,
             )
         elif self._fetch.client is not self.sidekiq:
             self._fetch.client = self.sidekiq
@@ -274,9 +287,13 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         """
         if timeout is None:
             timeout = self.brpop_timeout
+        if self._awaiting:  # kombu dropped the connection (stale, or lost) before the reply
+            self._lost()
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
+        if self._fetch is not None and self._fetch.needs_sweep:
+            self._give_back()
         task_queues = [queue for queue in queues if queue not in self.auto_delete_queues]
         if not task_queues:
             command = ["BRPOP", *(self.keys.kombu(queue) for queue in queues), timeout or 0]
@@ -295,6 +312,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             self._poll = ("BRPOPLPUSH", [queue])
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
+        self._awaiting = command[0] != "BRPOP"  # kombu's own BRPOP takes nothing into flight
         self.client.connection.send_command(*command)
 
     def _batch_size(self) -> int:
@@ -310,25 +328,12 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     def _brpop_read(self, **options: Any) -> bool:
         kind, queues = self._poll
         try:
-            try:
-                reply = self.client.parse_response(self.client.connection, kind, **options)
-            except self.connection_errors:
-                self.client.connection.disconnect()
-                raise
-            except kombu_redis.redis.exceptions.NoScriptError:
-                self.fetcher.load_scripts()  # Redis restarted or flushed its scripts
-                raise Empty() from None
-            except kombu_redis.redis.exceptions.ResponseError as exc:
-                if not (is_unblocked(exc) or isinstance(exc, kombu_redis.redis.ReadOnlyError)):
-                    raise
-                # A failover demoted the server this fetch was waiting on. Redis says so with
-                # an error reply, not by closing the connection: make it the connection error
-                # it is, so Celery reconnects (to the new master) instead of dying.
-                self.client.connection.disconnect()
-                raise kombu_redis.redis.ConnectionError(str(exc)) from exc
+            reply = self._read_reply(kind, **options)
             if kind == "BRPOPLPUSH":  # a job landed (or the wait timed out): fetch records it
                 if reply:
                     self.fetcher.landed()
+                    if queues[0] not in self._active_queues:  # cancelled while it waited
+                        self._give_back()
                 self._fetch_next, self._idle = True, not reply
                 raise Empty()
             items = self._items(kind, queues, reply)
@@ -343,6 +348,48 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             self._in_poll = None
             self._flush_brpop_reauth()
 
+    def _read_reply(self, kind: str, **options: Any) -> Any:
+        """The reply to the fetch or wait sent; if it cannot be read, the fetch knows it is
+        lost (what it took is given back before the next one)."""
+        try:
+            try:
+                return self.client.parse_response(self.client.connection, kind, **options)
+            finally:
+                self._awaiting = False
+        except kombu_redis.redis.exceptions.NoScriptError:
+            self.fetcher.not_run()
+            self.fetcher.load_scripts()  # Redis restarted or flushed its scripts
+            raise Empty() from None
+        except BaseException as exc:
+            self._lost()
+            if isinstance(exc, self.connection_errors):
+                self.client.connection.disconnect()
+            elif isinstance(exc, kombu_redis.redis.exceptions.ResponseError) and (
+                is_unblocked(exc) or isinstance(exc, kombu_redis.redis.ReadOnlyError)
+            ):
+                # A failover demoted the server this fetch was waiting on. Redis says so with
+                # an error reply, not by closing the connection: make it the connection error
+                # it is, so Celery reconnects (to the new master) instead of dying.
+                self.client.connection.disconnect()
+                raise kombu_redis.redis.ConnectionError(str(exc)) from exc
+            raise
+
+    def _lost(self) -> None:
+        self._awaiting = False
+        if self._fetch is not None:
+            self._fetch.lost()
+
+    def _give_back(self) -> None:
+        """Give back what this worker holds and no task runs (see ``ReliableFetch.give_back``);
+        a connection error is raised (Celery reconnects), any other is logged and retried
+        before the next fetch."""
+        try:
+            self.fetcher.give_back()
+        except self.connection_errors:
+            raise
+        except Exception as exc:
+            logger.error("could not give back held jobs now (%s); trying again", exc)
+
     def _items(self, kind: str, queues: list[str], reply: Any) -> list[Fetched]:
         if not reply:
             return []
@@ -351,19 +398,34 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         return [Fetched(self.keys.strip(bytes_to_str(reply[0])), 0, reply[1], False)]
 
     def _deliver_item(self, item: Fetched) -> None:
-        envelope = self._envelope(item)
-        if envelope is None:
-            return
-        self._queue_cycle.rotate(item.queue)
-        self.connection._deliver(envelope, item.queue)
-        if item.is_job and item.queue in self._no_ack_queues:
-            self.fetcher.ack(item.queue, item.tag)
+        """Deliver one fetched item; nothing it does may stop the items after it."""
+        try:
+            if item.is_job and item.queue not in self._active_queues:
+                # Cancelled (Quiet, cancel_consumer) while the fetch ran: straight back.
+                self.fetcher.settle(item.queue, item.tag, "head", item.payload)
+                return
+            envelope = self._envelope(item)
+            if envelope is None:
+                return
+            if item.is_job:
+                self.fetcher.delivered(item.queue, item.tag, item.payload)
+            self._queue_cycle.rotate(item.queue)
+            self.connection._deliver(envelope, item.queue)
+            if item.is_job and item.queue in self._no_ack_queues:
+                self.fetcher.ack(item.queue, item.tag, item.payload)
+        except Exception:
+            # A job stays in flight, held by no task: the next give-back returns it.
+            logger.exception("queue %r: could not deliver a fetched item", item.queue)
+            if item.is_job:
+                self.fetcher.sweep()
 
     def _get(self, queue: str) -> dict[str, Any]:
         self.fetcher.start()  # a held message keeps its lease, as a consumed one does
         for item in self.fetcher.fetch([queue], 1):
             envelope = self._envelope(item)
             if envelope is not None:
+                if item.is_job:
+                    self.fetcher.delivered(queue, item.tag, item.payload)
                 return envelope
         raise Empty()
 
@@ -391,12 +453,18 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         except jobs.InvalidJob as exc:
             self._bury(item, exc.reason)
             return None
-        if self.sidekiq_intake is not None:
-            where = self.sidekiq_intake(queue, job, raw)
-            if where is not None:
-                self._divert(item, where)
-                return None
-        envelope = codec.message_from_job(job, raw, queue, self.registry)
+        try:
+            where = None if self.sidekiq_intake is None else self.sidekiq_intake(queue, job, raw)
+            if where is None:
+                envelope = codec.message_from_job(job, raw, queue, self.registry)
+        except Exception as exc:
+            # The job is off its queue already: whatever it holds must not stop this worker
+            # (a wrong type in the celery key, say), and it is kept for a person to see.
+            self._bury(item, f"cannot be read as a task message: {type(exc).__name__}: {exc}")
+            return None
+        if where is not None:
+            self._divert(item, where)
+            return None
         envelope["properties"][TAG_PROPERTY] = item.tag
         envelope["properties"][INFLIGHT_PROPERTY] = self.fetcher.inflight(queue)
         return envelope
@@ -425,7 +493,12 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             reason,
             item.payload,
         )
-        self.fetcher.settle(item.queue, item.tag, "dead", item.payload)
+        try:
+            self.fetcher.settle(item.queue, item.tag, "dead", item.payload)
+        except Exception as exc:
+            # Left in flight, not held: it goes back to its queue at this worker's stop (or
+            # recovery), and is buried again when fetched; never in a tight loop here.
+            logger.error("queue %r: could not move the invalid job to dead: %s", item.queue, exc)
 
     # -- acknowledgement (called by QoS) ---------------------------------------------------
 
@@ -442,7 +515,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     def _ack_job(self, message: Any) -> None:
         job = self._job_of(message)
         if job is not None:
-            self.fetcher.ack(job[0], job[1])
+            self.fetcher.ack(*job)
 
     def _flush_acks(self) -> None:
         if self._fetch is not None:
@@ -470,7 +543,16 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             kombu_redis.dumps(message._raw),
         )
 
+    def basic_cancel(self, consumer_tag: str) -> Any:
+        """Stop consuming a queue; a job a wait lands for it later goes straight back."""
+        result = super().basic_cancel(consumer_tag)
+        if self._fetch is not None:
+            self._fetch.sweep()
+        return result
+
     def close(self) -> None:
+        if self._awaiting:
+            self._lost()
         super().close()
         if self._fetch is not None:
             self._fetch.stop()

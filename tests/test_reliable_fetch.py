@@ -257,11 +257,35 @@ def test_stop_releases_the_lease_and_the_registry_unless_jobs_are_held(
     push(redis, "A", [1])
     holder = ReliableFetch(Client(redis), lease=5)
     holder.watch("default")
-    holder.fetch(["default"], 1)
-    holder.stop()  # Redis is up, but say the requeue had failed: recovery must still find it
+    (item,) = holder.fetch(["default"], 1)
+    holder.delivered("default", item.tag, item.payload)  # a task still runs it at stop
+    holder.stop()  # recovery must still find it once the lease expires
     assert redis.exists(holder.lease_key) and redis.hexists(
         holder.registry, holder.inflight("default")
     )
+    assert redis.llen("queue:default") == 0
+
+
+def test_stop_gives_back_at_once_what_no_task_holds_in_one_step_per_queue(
+    redis: redis_lib.Redis,
+) -> None:
+    raws = [push(redis, "A", [n]).encode() for n in range(4)]
+    other = push(redis, "B", [0], queue="other").encode()
+    fetch = ReliableFetch(Client(redis), lease=5)
+    fetch.watch("default")
+    fetch.watch("other")
+    running, *prefetched = fetch.fetch(["default"], 3)
+    fetch.delivered("default", running.tag, running.payload)
+    fetch.fetch(["other"], 1)  # fetched, never delivered (a reply read after the cancel)
+    redis.lpush(fetch.landing("default"), raws[3])  # a wait that landed after the cancel
+    redis.delete("queue:default")
+    fetch.stop()
+    # back at the head, byte for byte, oldest nearest the head; the running one stays held
+    assert redis.lrange("queue:default", 0, -1) == [raws[3], raws[2], raws[1]]
+    assert redis.lrange("queue:other", 0, -1) == [other]
+    assert held(redis, fetch) == [raws[0]]
+    assert not redis.exists(fetch.landing("default"))
+    assert [item.payload for item in prefetched] == [raws[1], raws[2]]
 
 
 payloads = st.one_of(

@@ -3,12 +3,20 @@
 -- on the way.
 --
 -- There is no moment when a job exists nowhere: it is in its queue, or in exactly one worker's
--- in-flight hash until that worker settles it (settle.lua) or dies and recover.lua puts it
--- back. Each in-flight job is a field numbered by the worker (its delivery tag), so
--- byte-identical duplicates never collide. An acknowledged field of a queue this call takes
--- from is reused for a new job of that queue (HSET overwrites the finished job, in this same
--- step that would have deleted it); only the acknowledged fields left over are one HDEL per
--- hash. At steady state a batch is one RPOP and one HSET, and no HDEL.
+-- in-flight hash until that worker settles it (settle.lua), gives it back (giveback.lua) or
+-- dies and recover.lua puts it back. Each in-flight job is a field numbered by the worker (its
+-- delivery tag), so byte-identical duplicates never collide. An acknowledged field of a queue
+-- this call takes from is reused for a new job of that queue (HSET overwrites the finished
+-- job, in this same step that would have deleted it); only the acknowledged fields left over
+-- are one HDEL per hash. At steady state a batch is one RPOP and one HSET, and no HDEL.
+--
+-- The numbers are safe because the worker never sends a fetch twice and, when a reply is lost,
+-- neither reuses the fields acknowledged in that call nor hands out the new numbers it may
+-- have taken (fetch.py: ReliableFetch.lost); what that call took is given back by giveback.lua.
+--
+-- A key this call cannot use (a stray `SET queue:x ...`) never stops it: every read and write
+-- that could meet one runs under pcall, what was taken from a key is put back there if its
+-- in-flight hash refuses it, and the key is reported instead of a job.
 --
 -- KEYS[1]            the in-flight registry HASH (in-flight hash -> lease key, queue key, landing key)
 -- KEYS[2]            this worker's lease key
@@ -25,16 +33,35 @@
 -- ARGV[6 .. 5+n]     each in-flight hash's registry value
 -- ARGV[6+n ..]       per ack key: the acknowledged field numbers, space separated
 -- Returns a flat array of quadruples: queue index (1-based), field number (a reused or a new
--- one; 0 for a kombu message), the item, 1 for a job or 0 for a kombu message.
+-- one; 0 for a kombu message; -1 for a key that could not be used, whose error is the item),
+-- the item, 1 for a job or 0 for a kombu message.
 local n = tonumber(ARGV[1])
 local want = tonumber(ARGV[2])
 local seq = tonumber(ARGV[3])
 local flags = ARGV[4]
+local out = {}
+
+local function unusable(i, key, reply)
+  out[#out + 1] = i
+  out[#out + 1] = -1
+  out[#out + 1] = key .. ': ' .. tostring(reply.err)
+  out[#out + 1] = 0
+end
+
+-- RPOP up to `count` items, or nothing from a key of another type.
+local function take(i, key, count)
+  local items = redis.pcall('RPOP', key, count)
+  if type(items) == 'table' and items.err then
+    unusable(i, key, items)
+    return nil
+  end
+  return items or nil
+end
 
 if string.find(flags, 'r', 1, true) then
   redis.call('SET', KEYS[2], '1', 'EX', ARGV[5])
   for i = 1, n do
-    redis.call('HSET', KEYS[1], KEYS[4 * i], ARGV[5 + i])
+    redis.pcall('HSET', KEYS[1], KEYS[4 * i], ARGV[5 + i])
   end
 end
 
@@ -55,10 +82,14 @@ for j = first_ack, #KEYS do
   table.sort(free.fields)
 end
 
-local out = {}
-local function record(i, inflight, items)
+-- Record `items`, just taken from `source`, in flight; if the hash refuses them, they go back
+-- to the end of `source` they came from, in their order, and no field is used up.
+local function record(i, inflight, source, items)
   local free = freed[inflight]
+  local first_free = free and free.next
+  local first_seq = seq
   local fields = {}
+  local taken = {}
   for _, item in ipairs(items) do
     local field
     if free and free.next <= #free.fields then
@@ -70,26 +101,37 @@ local function record(i, inflight, items)
     end
     fields[#fields + 1] = field
     fields[#fields + 1] = item
-    out[#out + 1] = i
-    out[#out + 1] = field
-    out[#out + 1] = item
-    out[#out + 1] = 1
-    want = want - 1
+    taken[#taken + 1] = { i, field, item, 1 }
   end
-  redis.call('HSET', inflight, unpack(fields))
+  local reply = redis.pcall('HSET', inflight, unpack(fields))
+  if type(reply) == 'table' and reply.err then
+    for k = #items, 1, -1 do
+      redis.call('RPUSH', source, items[k])
+    end
+    if free then free.next = first_free end
+    seq = first_seq
+    unusable(i, inflight, reply)
+    return false
+  end
+  for _, quad in ipairs(taken) do
+    for _, value in ipairs(quad) do out[#out + 1] = value end
+  end
+  want = want - #items
+  return true
 end
 
 for i = 1, n do
   if want <= 0 then break end
   local base = 4 * i - 1
   local queue, inflight, landing = KEYS[base], KEYS[base + 1], KEYS[base + 2]
+  local usable = true
   if string.find(flags, 'l', 1, true) then
-    local landed = redis.call('RPOP', landing, want)
-    if landed then record(i, inflight, landed) end
+    local landed = take(i, landing, want)
+    if landed then usable = record(i, inflight, landing, landed) end
   end
-  if want > 0 then
-    local items = redis.call('RPOP', queue, want)
-    if items then record(i, inflight, items) end
+  if usable and want > 0 then
+    local items = take(i, queue, want)
+    if items then record(i, inflight, queue, items) end
   end
 end
 
@@ -97,15 +139,19 @@ end
 for j = first_ack, #KEYS do
   local free = freed[KEYS[j]]
   if free.next <= #free.fields then
-    redis.call('HDEL', KEYS[j], unpack(free.fields, free.next))
+    redis.pcall('HDEL', KEYS[j], unpack(free.fields, free.next))
     free.next = #free.fields + 1
   end
 end
 
-if #out == 0 and string.find(flags, 'k', 1, true) then
+local jobs = 0
+for k = 2, #out, 4 do
+  if out[k] > 0 then jobs = jobs + 1 end
+end
+if jobs == 0 and string.find(flags, 'k', 1, true) then
   for i = 1, n do
     if want <= 0 then break end
-    local items = redis.call('RPOP', KEYS[4 * i + 2], want)
+    local items = take(i, KEYS[4 * i + 2], want)
     if items then
       for _, item in ipairs(items) do
         out[#out + 1] = i
