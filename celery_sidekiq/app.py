@@ -45,7 +45,7 @@ import redis
 from celery import Celery, bootsteps
 from kombu.exceptions import OperationalError
 
-from kombu_sidekiq.fetch import DEFAULT_LEASE
+from kombu_sidekiq.fetch import DEFAULT_LEASE, DEFAULT_MAX_RECOVERIES
 from kombu_sidekiq.job import DEFAULT_SIDEKIQ_VERSION
 from kombu_sidekiq.transport import SUPPORTED_VERSIONS, authentication_failure
 
@@ -79,6 +79,7 @@ class Config:
     poller: bool = True
     default_queue: str = "default"
     fetch_lease: float = DEFAULT_LEASE
+    max_recoveries: int = DEFAULT_MAX_RECOVERIES
     heartbeat: bool = True
     beat_interval: float = DEFAULT_BEAT_INTERVAL
     max_retries: int = DEFAULT_MAX_RETRIES
@@ -121,6 +122,12 @@ class Config:
             raise ValueError(f"setup(beat_interval={self.beat_interval!r}): use seconds in (0, 30]")
         if not self.fetch_lease >= 2:
             raise ValueError(f"setup(fetch_lease={self.fetch_lease!r}): use seconds >= 2")
+        recoveries = self.max_recoveries
+        if isinstance(recoveries, bool) or not isinstance(recoveries, int) or recoveries < 0:
+            raise ValueError(
+                f"setup(max_recoveries={recoveries!r}): use how many times a job may come back "
+                "from dead workers before it goes to dead as poison (a whole number; 0: no limit)"
+            )
         if not self.default_queue:
             raise ValueError("setup(default_queue=''): name a queue, such as 'default'")
         cap = self.max_payload_bytes
@@ -172,6 +179,7 @@ def setup(app: Celery, **options: Any) -> Celery:
         sidekiq_registry=registry,
         sidekiq_intake=processor.unknown,
         fetch_lease=config.fetch_lease,
+        fetch_max_recoveries=config.max_recoveries,
         max_payload_bytes=config.max_payload_bytes,
     )
     conf.broker_transport_options = transport_options
