@@ -4,10 +4,11 @@ PY ?= python3
 VENV ?= .venv
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+STRESS_RUNS ?= 5
 LINT_PATHS ?= kombu_sidekiq celery_sidekiq tests
 STAMP := $(VENV)/.installed
 
-.PHONY: deps venv test lint demo bench clean
+.PHONY: deps venv test test-stress lint demo bench clean
 
 deps:
 	bash scripts/install-system-deps.sh
@@ -37,6 +38,10 @@ demo: deps venv
 
 bench: deps venv
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+# The suite STRESS_RUNS times in a row while every core is kept busy (stress-ng).
+test-stress: deps venv
+	PYTHON=$(VENV)/bin/python bash scripts/test-stress.sh $(STRESS_RUNS) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis tests/artifacts
