@@ -39,6 +39,13 @@ is dead or dropped ends in ``FAILURE``. Exceptions that are Celery's control flo
 failure like any other, recorded by the worker's main process; a child that dies otherwise
 (OOM, kill -9) is not a failure: reliable fetch puts its job back in its queue.
 
+The write to ``retry`` or ``dead`` moves the job out of its worker's in-flight hash in the same
+atomic step (``fetch.settle``; for ``self.retry`` the transport does it), so Celery's ack that
+follows finds nothing left to remove. If Redis refuses the write (or is away), the job is not
+acknowledged: the task raises ``Reject(requeue=True)``, and the job goes back to its queue and
+runs again. With ``task_acks_late=False`` Celery acknowledges a job before it runs, so a
+refused write can only be logged (with the job's JSON), as the job is no longer held.
+
 A job whose class no task here runs is handled before Celery sees it, by :class:`UnknownClass`:
 ``setup(unknown_class="retry")`` (default) fails it as sidekiq.rb fails a job of a missing class
 (retried with backoff, then dead; with ``retry: false`` or ``dead: false`` it still goes to
@@ -60,10 +67,11 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
+from billiard.einfo import ExceptionWithTraceback
 from celery import Celery, bootsteps
-from celery.exceptions import NotRegistered, Retry, TaskPredicate, TimeLimitExceeded
+from celery.exceptions import NotRegistered, Reject, Retry, TaskPredicate, TimeLimitExceeded
 from celery.signals import task_received
 
 from kombu_sidekiq import backtrace
@@ -71,7 +79,9 @@ from kombu_sidekiq import job as jobs
 from kombu_sidekiq.client import Client
 from kombu_sidekiq.codec import RAW_JOB_PROPERTY, RETRY_JOB_PROPERTY, UNWRAPPERS, Registry
 from kombu_sidekiq.divert import Divert
+from kombu_sidekiq.fetch import Destination, settle
 from kombu_sidekiq.job import Job
+from kombu_sidekiq.transport import INFLIGHT_PROPERTY, TAG_PROPERTY
 
 from .middleware import Chain, Middleware
 from .unique import release_dead
@@ -230,6 +240,14 @@ class Verdict:
         raise ValueError("a dropped job goes nowhere")
 
 
+class InFlight(NamedTuple):
+    """Where a delivered job waits until it is settled: its worker's in-flight hash and its
+    field there (the message properties ``sidekiq_inflight`` and ``sidekiq_tag``)."""
+
+    key: str
+    tag: int
+
+
 #: ``sidekiq_retry_in(self, count, exc, job)``: seconds until the next retry, ``"kill"``
 #: (dead now), ``"discard"`` (dropped now), or ``None`` for Sidekiq's backoff.
 RetryIn = Callable[[int, BaseException | None, Job], Any]
@@ -351,14 +369,30 @@ class JobRetry:
             job["discarded_at"] = jobs.now_timestamp(self.version)  # what handlers see
         return Verdict("drop", job, died=died)
 
-    def store(self, client: Client, verdict: Verdict) -> None:
-        """Write the verdict: ``ZADD retry`` (score = when due), or the morgue (with its trim)."""
+    def store(self, client: Client, verdict: Verdict, held: InFlight | None = None) -> bool:
+        """Write the verdict: ``ZADD retry`` (score = when due), or the morgue (with its trim).
+
+        ``held``: where the job waits in its worker's in-flight hash; the write then takes it
+        out of flight in the same atomic step (``fetch.settle``), so it is never in ``retry``
+        and in flight at once, nor in neither. False if it was no longer in flight (recovered
+        meanwhile, so back in its queue): nothing is stored. If it raises, nothing was written
+        and the job is still in flight.
+        """
         payload = jobs.dumps(verdict.job)
-        if verdict.action == "retry":
-            client.redis.zadd(client.keys.retry, {payload: time.time() + verdict.delay})
-        elif verdict.action == "dead":
+        if verdict.action not in ("retry", "dead"):
+            return True
+        if verdict.action == "dead":
             logger.info("Adding dead %s job %s", verdict.job.get("class"), verdict.job.get("jid"))
+        due = time.time() + verdict.delay
+        if held is not None:
+            to: Destination = "retry" if verdict.action == "retry" else "dead"
+            queue = str(verdict.job.get("queue") or "")
+            return settle(client, held.key, held.tag, queue, to, payload, at=due)
+        if verdict.action == "retry":
+            client.redis.zadd(client.keys.retry, {payload: due})
+        else:
             client.kill(payload)
+        return True
 
 
 def run_death_handlers(handlers: tuple[DeathHandler, ...], job: Job, exc: Any) -> None:
@@ -485,6 +519,11 @@ class _Execution:
     task_id: str
     raw: str
     queue: str
+    #: Where the job waits in flight until Celery acknowledges it: its failure is written by
+    #: moving it from there (``fetch.settle``), so the job is never lost between the write and
+    #: the ack. None for a job acknowledged before it ran (``task_acks_late=False``: the next
+    #: fetch may already have given its field to another job) or delivered without the place.
+    held: InFlight | None = None
     #: Celery's ``max_retries`` refused a ``self.retry``: the job dies instead of retrying.
     exhausted: bool = False
 
@@ -537,7 +576,7 @@ class Processor:
         # app (new middleware, new options) applies to tasks wrapped by the first.
         @functools.wraps(run)
         def run_job(*args: Any, **kwargs: Any) -> Any:
-            execution = _execution_of(task.request)
+            execution = _execution_of(task.request, acks_late=bool(task.acks_late))
             if execution is None:  # called directly or eagerly: no job, nothing to add
                 return run(*args, **kwargs)
             token = _current.set(execution)
@@ -573,7 +612,7 @@ class Processor:
                 exhausted=execution.exhausted,
                 hooks=Hooks.of(task),
             )
-            self._store(task.app, verdict, failure)
+            self._store(task.app, verdict, failure, execution.held)  # Reject if refused
             if verdict.action == "retry":
                 # Celery then records state RETRY and runs no errbacks: the job is not done.
                 raise Retry(exc=exc, when=verdict.delay) from exc
@@ -598,10 +637,21 @@ class Processor:
         if kwargs.get("queue"):  # self.retry(queue=...) moves the job, as Celery would
             job["queue"] = kwargs["queue"]
         kwargs[RETRY_JOB_PROPERTY] = jobs.dumps(job)
+        held = execution.held
+        if held is not None:  # the transport moves the job from flight into retry, one step
+            kwargs[INFLIGHT_PROPERTY], kwargs[TAG_PROPERTY] = held.key, held.tag
         try:
             return retry(*args, **kwargs)
+        except Reject as exc:
+            if held is None or getattr(exc, "requeue", False):  # celery has no type hints
+                raise
+            # Task.retry turns a failed republish into Reject(requeue=False), which the
+            # transport answers by burying the job in dead. The move into retry did not
+            # happen, so the job is still in flight: back to its queue instead, to run again.
+            # (Had it happened with its reply lost, the requeue finds nothing left in flight.)
+            raise Reject(getattr(exc, "reason", exc), requeue=True) from exc
         except TaskPredicate:
-            raise  # Retry: the normal way out; Reject: the republish failed
+            raise  # Retry: the normal way out
         except Exception:
             execution.exhausted = True  # over max_retries: Celery re-raises, the job dies
             raise
@@ -610,58 +660,117 @@ class Processor:
         """Make a hard time limit a failure of the job, as any failure is.
 
         prefork kills the child that overran ``time_limit``, so the task never sees it; the main
-        process learns it through ``request.on_timeout``, and Celery then acknowledges the
-        job. Storing it in ``retry`` (or ``dead``) first means it is not lost with the child.
-        The wrapper holds the request weakly: no reference cycle per job.
+        process learns it through the request's ``on_failure`` (a ``TimeLimitExceeded``) and
+        ``on_timeout``, billiard calling them in that order, and Celery acknowledges the job in
+        the first. So whichever comes first stores it in ``retry`` (or ``dead``), before that
+        ack: it is not lost with the child, nor acknowledged if the write was refused. The
+        wrappers hold the request weakly: no reference cycle per job.
         """
         ref = weakref.ref(request)
-        previous = vars(request).get("on_timeout")
+        own = vars(request)
+        previous_timeout, previous_failure = own.get("on_timeout"), own.get("on_failure")
+        stored = False
+
+        def hard_limit(req: Any, timeout: float) -> None:
+            nonlocal stored
+            if not stored:
+                stored = True
+                self.timed_out(req, timeout)
+
+        def on_failure(exc_info: Any, *args: Any, **kwargs: Any) -> Any:
+            req = ref()
+            if req is None:
+                return None
+            exc = getattr(exc_info, "exception", None)
+            if isinstance(exc, ExceptionWithTraceback):  # how the pool hands it over
+                exc = exc.exc
+            # Only the hard limit: SoftTimeLimitExceeded is raised in the task, which stores it.
+            if isinstance(exc, TimeLimitExceeded):
+                hard_limit(req, exc.args[0] if exc.args else 0)
+            if previous_failure is not None:
+                return previous_failure(exc_info, *args, **kwargs)
+            return type(req).on_failure(req, exc_info, *args, **kwargs)
 
         def on_timeout(soft: bool, timeout: float) -> Any:
             req = ref()
             if req is None:
                 return None
             if not soft:
-                self.timed_out(req, timeout)
-            if previous is not None:
-                return previous(soft, timeout)
+                hard_limit(req, timeout)
+            if previous_timeout is not None:
+                return previous_timeout(soft, timeout)
             return type(req).on_timeout(req, soft, timeout)
 
-        request.on_timeout = on_timeout
+        request.on_failure, request.on_timeout = on_failure, on_timeout
 
     def timed_out(self, request: Any, timeout: float) -> None:
         message = getattr(request, "message", None)
-        execution = _execution_of(request, getattr(message, "properties", None))
+        task = getattr(request, "task", None)
+        execution = _execution_of(
+            request,
+            getattr(message, "properties", None),
+            acks_late=bool(getattr(task, "acks_late", False)),
+        )
         if execution is None:
             return
         exc = TimeLimitExceeded(timeout)
         failure = Failure(qualified_name(TimeLimitExceeded), f"TimeLimitExceeded({timeout})", exc)
-        task = getattr(request, "task", None)
         hooks = NO_HOOKS if task is None else Hooks.of(task)
         verdict = self.retrier.decide(
             jobs.parse(execution.raw), failure, execution.queue, hooks=hooks
         )
-        self._store(self.app, verdict, failure)
+        try:
+            self._store(self.app, verdict, failure, execution.held)
+        except Reject:
+            # Celery acknowledges the job once this returns. Rejected first (with requeue:
+            # back to its queue), it is not lost with the failed write, and that ack is a no-op.
+            request.reject(requeue=True)
 
-    def _store(self, app: Celery, verdict: Verdict, failure: Failure) -> None:
+    def _store(
+        self, app: Celery, verdict: Verdict, failure: Failure, held: InFlight | None
+    ) -> None:
+        """Carry out the verdict; the job's end (unique lock freed, death handlers) follows
+        only once it is stored: a job that goes back to its queue is not over."""
+        if verdict.action != "drop" and not self._write(app, verdict, held):
+            return
         if verdict.action != "retry":
             release_dead(app, verdict.job)
-        if verdict.action != "drop":
-            self._write(app, verdict)
         if verdict.died:
             run_death_handlers(self.death_handlers, verdict.job, failure.exc)
 
-    def _write(self, app: Celery, verdict: Verdict) -> None:
+    def _write(self, app: Celery, verdict: Verdict, held: InFlight | None) -> bool:
+        """Store the failed job; False if it had left flight already (nothing stored).
+
+        Raises Reject(requeue=True) if Redis refused the move (or is away): the job is still in
+        flight, and acknowledging it would lose it; Celery rejects it instead, and the transport
+        returns it to its queue.
+        """
         try:
             with app.pool.acquire(block=True) as connection:
-                self.retrier.store(connection.default_channel.sidekiq, verdict)
-        except Exception:
+                stored = self.retrier.store(connection.default_channel.sidekiq, verdict, held)
+        except Exception as exc:
+            if held is not None:
+                logger.error(
+                    "could not store failed job %s in %r (%s); not acknowledged: it goes back "
+                    "to its queue",
+                    verdict.job.get("jid"), verdict.action, exc,
+                )  # fmt: skip
+                raise Reject(exc, requeue=True) from exc
+            # Acknowledged already (it ran with task_acks_late=False): the log is all that is left.
             logger.exception(
                 "could not store failed job %s in %r; its JSON: %s",
                 verdict.job.get("jid"),
                 verdict.action,
                 jobs.dumps(verdict.job),
             )
+            return True
+        if not stored:
+            logger.warning(
+                "failed job %s had left flight (this worker's lease expired and a recovery "
+                "returned it to its queue): not stored in %r, it runs again from there",
+                verdict.job.get("jid"), verdict.action,
+            )  # fmt: skip
+        return stored
 
 
 _RETRY_PARAMETERS: Final = ("args", "kwargs", "exc", "throw", "eta", "countdown", "max_retries")
@@ -675,9 +784,14 @@ def _retry_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str,
     return named
 
 
-def _execution_of(request: Any, properties: dict[str, Any] | None = None) -> _Execution | None:
+def _execution_of(
+    request: Any, properties: dict[str, Any] | None = None, *, acks_late: bool
+) -> _Execution | None:
     """The job of a task request (the request context in the pool, or a worker ``Request``
-    whose message ``properties`` are given), or None for a task that came without one."""
+    whose message ``properties`` are given), or None for a task that came without one.
+
+    ``acks_late``: the task's; only then is the job still in flight when it fails.
+    """
     if properties is None:
         properties = getattr(request, "properties", None) or {}
     raw = properties.get(RAW_JOB_PROPERTY)
@@ -685,7 +799,11 @@ def _execution_of(request: Any, properties: dict[str, Any] | None = None) -> _Ex
         return None
     delivery = getattr(request, "delivery_info", None) or {}
     queue = delivery.get("routing_key") or ""
-    return _Execution(task_id=str(request.id), raw=raw, queue=queue)
+    key, tag = properties.get(INFLIGHT_PROPERTY), properties.get(TAG_PROPERTY)
+    held = None
+    if acks_late and isinstance(key, str) and isinstance(tag, int) and not isinstance(tag, bool):
+        held = InFlight(key, tag)
+    return _Execution(task_id=str(request.id), raw=raw, queue=queue, held=held)
 
 
 def _processor(task: Any, default: Processor) -> Processor:

@@ -588,11 +588,25 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             if carried is not None:
                 # A worker retrying the job it ran (Celery's Task.retry): the failed job itself,
                 # every key kept, waits in `retry` like Sidekiq's own retries, not in `schedule`.
-                entry = {jobs.dumps(codec.retry_job(carried, body)): at or time.time()}
+                payload, due = jobs.dumps(codec.retry_job(carried, body)), at or time.time()
+                inflight, tag = properties.get(INFLIGHT_PROPERTY), properties.get(TAG_PROPERTY)
+                if isinstance(inflight, str) and isinstance(tag, int):
+                    # Still in its worker's in-flight hash: moved from there into `retry` in one
+                    # step, so a refused write leaves it in flight (the worker requeues it), and
+                    # a move re-sent after a lost reply finds it gone and stores nothing twice.
+                    from .fetch import settle
+
+                    if batch is not None:
+                        batch.flush()  # what was published before it goes first
+                    if not settle(self.sidekiq, inflight, tag, queue, "retry", payload, at=due):
+                        logger.warning(
+                            "retried job %.200r had left flight (recovered): not stored", payload
+                        )
+                    return
                 if batch is not None:
-                    batch.add("zadd", self.keys.retry, entry)
+                    batch.add("zadd", self.keys.retry, {payload: due})
                 else:
-                    self.sidekiq.redis.zadd(self.keys.retry, entry)
+                    self.sidekiq.redis.zadd(self.keys.retry, {payload: due})
                 return
             scheduled = at is not None and at > time.time()
             job = codec.job_from_task(
