@@ -43,7 +43,7 @@ Faults:
 A *match* is a regular expression, searched from the start of the command written as
 ``NAME arg1 arg2 ...`` (the name upper-cased, arguments as sent: ``"GET"`` also matches
 ``GETEX``, write ``r"GET\\b"``), or a callable given the command's arguments. ``reply=`` adds
-a predicate on the raw reply bytes (drop and cut-after rules only), ``skip=`` lets the first
+a predicate on the raw reply bytes (drop, delay and cut-after rules), ``skip=`` lets the first
 matches go by, ``count=`` says how many times the rule fires (``None``: until removed).
 
 Connections in PUB/SUB mode (after ``SUBSCRIBE``) are not counted reply by reply: their
@@ -392,10 +392,20 @@ class FaultProxy:
         """Throw away the reply to the next matching command (``count`` of them)."""
         return self._arm(Rule("drop", match, reply=reply, skip=skip, count=count))
 
-    def delay(self, ms: float, match: Matcher | None = None, *, count: int | None = None) -> Rule:
+    def delay(
+        self,
+        ms: float,
+        match: Matcher | None = None,
+        *,
+        reply: ReplyMatcher | None = None,
+        count: int | None = None,
+    ) -> Rule:
         """Forward replies ``ms`` after they arrive (to matching commands, or all: pub/sub
-        messages too), until the rule is removed (or fired ``count`` times)."""
-        return self._arm(Rule("delay", match, count=count, delay=ms / 1000.0))
+        messages too), until the rule is removed (or fired ``count`` times). ``reply=``
+        needs a ``match``: it picks which of the matching commands' replies wait."""
+        if reply is not None and match is None:
+            raise ValueError("reply= needs a match: a delay of every reply looks at none")
+        return self._arm(Rule("delay", match, reply=reply, count=count, delay=ms / 1000.0))
 
     @contextlib.contextmanager
     def delaying(self, ms: float, match: Matcher | None = None) -> Iterator[Rule]:
@@ -720,7 +730,13 @@ class FaultProxy:
                     logger.info("fault proxy: dropped the reply %r", raw[:80])
                     self._count["dropped"] += 1
                     continue
-                live = [r for r in pending.delay if r in self._rules and r._consume(pending.args)]
+                live = [
+                    r
+                    for r in pending.delay
+                    if r in self._rules
+                    and (r.reply is None or r.reply(raw))
+                    and r._consume(pending.args)
+                ]
                 delay = max([delay, *(r.delay for r in live)])
             if delay > 0:
                 self._count["delayed"] += 1
