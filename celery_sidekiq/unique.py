@@ -15,6 +15,12 @@ Python and Rust producers dedupe each other::
 A duplicate pushes nothing and raises :class:`DuplicateJob` from ``apply_async``/``delay``;
 :func:`apply_unique` returns ``None`` instead, as Sidekiq's ``perform_async`` returns ``nil``.
 
+A call is not its own duplicate. When a reply is lost, Celery publishes again with the same task
+id (so the same jid): the lock is found held by that jid, the job found waiting in its queue, and
+the retry returns as the first push would have, with one job enqueued. If the job is no longer
+waiting (a worker took it first, or the first push never landed), it is pushed again: the job
+runs at least once, and in that race may run twice (``kombu_sidekiq.unique.push``).
+
 ``unique_until`` says when the lock goes: ``"ttl"`` (default, rusty-sidekiq's) when it expires,
 ``"start"`` when a worker starts the job, ``"success"`` when the job succeeds (or dies: a dead
 job never will). A release deletes

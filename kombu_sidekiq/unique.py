@@ -16,8 +16,9 @@ producers dedupe each other: whoever holds the key, the other's duplicate pushes
 Beyond rusty-sidekiq (which never releases a lock; it only expires):
 
 * the lock's value is the owner's jid (rusty-sidekiq writes ``""``; it only ever uses ``SET NX``,
-  so any value dedupes it), so a release can check the owner and a re-publish of the same job
-  (same jid) is not its own duplicate;
+  so any value dedupes it), so a release can check the owner, and a push that finds its own jid
+  there is the same job sent again (a retry after a lost reply): it writes nothing while the
+  job is still where it would go, and pushes it again once it is not (see :func:`push`);
 * ``unique_until``: ``"ttl"`` (the default, rusty-sidekiq's), ``"start"`` or ``"success"``; the
   worker releases with a compare-and-delete, never on a retry;
 * a scheduled job holds its lock for its delay plus ``unique_for``, as Sidekiq Enterprise does;
@@ -37,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from . import job as jobs
 from . import scripts
+from .client import RESEND_WINDOW, script_command
 from .job import Job
 from .keys import Keys
 
@@ -252,6 +254,17 @@ def push(client: Client, job: Job, lock: Lock, at: float | None = None) -> str:
     """Take ``lock`` and push ``job`` (or schedule it ``at``) in one script; return the jid.
 
     Raises :class:`DuplicateJob`, having written nothing, when another job holds the lock.
+
+    Sent twice, it leaves one copy. A lock held by the job's own jid means it was sent before:
+    while the job is still where this push would put it (among the newest of its queue, or in
+    ``schedule`` near ``at``), that copy is the job and nothing is written; once it is not
+    (a worker took it, or the earlier attempt never landed), it is pushed again, which is what
+    publishing the same task id again means. Celery's own retries never come here: they go to
+    ``retry`` without a lock. After a lost reply the jid is in doubt
+    (:meth:`~kombu_sidekiq.client.Client.write_once`) and the retry looks for the job before
+    anything else, even if the lock has expired or passed to another job since. The limits
+    are ``write_once``'s: a worker that took the first copy before the retry looked gets a
+    second one (the job may run twice, never zero times).
     """
     keys = client.keys
     queue = job.get("queue") or "default"
@@ -260,10 +273,13 @@ def push(client: Client, job: Job, lock: Lock, at: float | None = None) -> str:
     else:
         job.pop("enqueued_at", None)
         target, score = keys.schedule, repr(float(at))
-    script = client.redis.register_script(scripts.source("unique_push"))
-    reply = script(
-        keys=[lock.key, keys.queues, target],
-        args=[lock.owner, lock.ttl, jobs.dumps(job), queue, score],
+    payload = jobs.dumps(job)
+    script_keys = (lock.key, keys.queues, target)
+    head = (lock.owner, lock.ttl, payload, queue, score)
+    reply = client.write_once(
+        str(job["jid"]),
+        (script_command("unique_push", script_keys, (*head, "", RESEND_WINDOW), by_sha=True),),
+        lambda: script_command("unique_push", script_keys, (*head, "1", RESEND_WINDOW)),
     )
     if int(reply[0]) == 0:
         raise DuplicateJob(lock.key, _text(reply[1]) or None, int(reply[2]))

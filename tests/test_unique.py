@@ -228,14 +228,36 @@ def test_a_scheduled_job_holds_its_lock_for_its_delay_and_its_promotion_is_not_b
     assert redis.llen("queue:default") == 1
 
 
-def test_the_same_job_published_again_is_not_its_own_duplicate(redis: redis_lib.Redis) -> None:
+def test_the_same_job_sent_again_is_the_copy_that_waits_and_is_pushed_again_once_taken(
+    redis: redis_lib.Redis,
+) -> None:
     client = Client(redis)
     job = jobs.build("Report", [7], extra={"unique_for": 10})
-    unique.push(client, dict(job), unique.Lock(unique.lock_key(job, client.keys), job["jid"], 10))
-    lock = unique.Lock(unique.lock_key(job, client.keys), job["jid"], 50)
-    unique.push(client, dict(job), lock)
-    assert redis.llen("queue:default") == 2
-    assert 49 <= redis.ttl(lock.key) <= 50  # stretched to what the second push needs
+    key = unique.lock_key(job, client.keys)
+    unique.push(client, dict(job), unique.Lock(key, job["jid"], 10))
+    # kombu's publish retry builds the job again: same jid, other timestamps
+    rebuilt = {**job, "created_at": job["created_at"] + 1, "enqueued_at": job["created_at"] + 1}
+    assert unique.push(client, rebuilt, unique.Lock(key, job["jid"], 50)) == job["jid"]
+    assert redis.lrange("queue:default", 0, -1) == [jobs.dumps(job).encode()]  # the first copy
+    assert 49 <= redis.ttl(key) <= 50  # stretched to what the second push needs
+    assert redis.rpop("queue:default")  # a worker took it: the job is running, not waiting
+    unique.push(client, dict(job), unique.Lock(key, job["jid"], 50))
+    assert redis.llen("queue:default") == 1  # the same task id published again: pushed again
+
+
+def test_the_same_scheduled_job_sent_again_is_one_member_but_another_time_is_another(
+    redis: redis_lib.Redis,
+) -> None:
+    client = Client(redis)
+    job = jobs.build("Report", [8], scheduled=True, extra={"unique_for": 10})
+    lock = unique.Lock(unique.lock_key(job, client.keys), job["jid"], 110)
+    at = time.time() + 100
+    unique.push(client, dict(job), lock, at)
+    unique.push(client, {**job, "created_at": job["created_at"] + 1}, lock, at)
+    assert redis.zrange("schedule", 0, -1, withscores=True) == [(jobs.dumps(job).encode(), at)]
+    later = {**job, "created_at": job["created_at"] + 2}  # the same task id, rescheduled
+    unique.push(client, later, lock, at + 50)
+    assert redis.zcard("schedule") == 2
 
 
 def test_release_deletes_only_the_owners_lock(redis: redis_lib.Redis) -> None:
