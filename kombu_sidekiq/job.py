@@ -219,8 +219,9 @@ def _json_type(value: Any) -> str:
     return "number"
 
 
-#: One encoder for every job: ``json.dumps`` with options builds a new one per call.
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+#: One encoder for every job: ``json.dumps`` with options builds a new one per call. NaN and
+#: infinities are refused (ValueError): JSON has no such numbers, and Ruby cannot read them.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
 def dumps(job: Job) -> str:

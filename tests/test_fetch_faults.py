@@ -226,7 +226,9 @@ def test_a_job_recovered_more_than_max_recoveries_times_is_dead_with_the_reason(
     job = json.loads(dead)
     assert job["error_class"] == POISON_ERROR_CLASS
     assert "more than 3 times" in job["error_message"]
-    assert {k: v for k, v in job.items() if k not in ("error_class", "error_message", "failed_at")} == json.loads(raw)
+    assert {
+        k: v for k, v in job.items() if k not in ("error_class", "error_message", "failed_at")
+    } == json.loads(raw)
     assert redis.ttl("celery-sidekiq:recoveries") > 0
 
 
