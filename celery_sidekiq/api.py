@@ -30,8 +30,10 @@ step), so an action on a job that somebody else took meanwhile returns ``False``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date, datetime, timedelta, timezone
@@ -39,10 +41,17 @@ from typing import Any, Final, TypeAlias, cast
 
 import redis
 from celery import Celery
+from redis.client import NEVER_DECODE
 
 from kombu_sidekiq import backtrace, scripts
 from kombu_sidekiq import job as jobs
-from kombu_sidekiq.client import DEAD_MAX_JOBS, DEAD_TIMEOUT, Client
+from kombu_sidekiq.client import (
+    DEAD_MAX_JOBS,
+    DEAD_TIMEOUT,
+    Client,
+    checked_payload,
+    promote_reply,
+)
 from kombu_sidekiq.job import InvalidJob, Job
 from kombu_sidekiq.keys import Keys
 from kombu_sidekiq.transport import Transport
@@ -163,10 +172,18 @@ def _optional_text(value: Any) -> str | None:
     return None if value is None else _text(value)
 
 
+def _epoch_seconds(value: Any) -> float | None:
+    # An integer stamp is milliseconds, divided into seconds: an integer past a double's range
+    # (10**400, from a broken writer) overflows the division and reads as no time at all.
+    try:
+        return jobs.to_epoch_seconds(value)
+    except OverflowError:
+        return None
+
+
 def _time(value: Any) -> datetime | None:
     """A job timestamp as an aware UTC datetime (Sidekiq 8's rule: float = s, integer = ms)."""
-    seconds = jobs.to_epoch_seconds(value)
-    return _from_epoch(seconds)
+    return _from_epoch(_epoch_seconds(value))
 
 
 def _from_epoch(seconds: float | None) -> datetime | None:
@@ -179,7 +196,7 @@ def _from_epoch(seconds: float | None) -> datetime | None:
 
 
 def _seconds_since(value: Any, now: float | None = None) -> float:
-    seconds = jobs.to_epoch_seconds(value)
+    seconds = _epoch_seconds(value)
     if seconds is None:
         return 0.0
     return (time.time() if now is None else now) - seconds
@@ -194,8 +211,49 @@ def _number(value: Any, kind: Callable[[Any], Any] = int, default: Any = 0) -> A
     except ValueError:
         try:
             return kind(float(_text(value)))
-        except ValueError:
+        except (ValueError, OverflowError):  # "nan"; "1e400" is an inf no int holds
             return default
+
+
+def _raw(target: Any, *command: Any, **options: Any) -> Any:
+    """Send ``command`` on ``target`` (a ``redis.Redis`` or a pipeline) and keep every string
+    of its reply as bytes, whatever the client's ``decode_responses``: one member that is not
+    UTF-8 would otherwise make redis-py raise while decoding the whole reply, hiding every
+    other job of the page."""
+    execute: Any = target.execute_command  # untyped in redis-py
+    return execute(*command, **options, **{NEVER_DECODE: True})
+
+
+def _decodes(client: Client) -> bool:
+    return bool(client.redis.connection_pool.connection_kwargs.get("decode_responses"))
+
+
+def _salvaged(value: str | bytes) -> Job:
+    """What can safely be shown of a payload that is not a job: its top-level strings,
+    numbers, booleans and nulls (jid, class, queue, the error fields), those that JSON and
+    UTF-8 can carry; ``{}`` if it is not even a JSON object. Nothing nested is kept, so no
+    reader walks a structure deeper than a job may be."""
+    try:
+        loaded = json.loads(value)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return {}
+    if not isinstance(loaded, dict):
+        return {}
+    return {key: item for key, item in loaded.items() if _shown(key) and _shown(item)}
+
+
+def _shown(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)  # json.loads reads NaN and 1e400; JSON has neither
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")  # a lone surrogate escape reads, but cannot be written
+        except UnicodeEncodeError:
+            return False
+        return True
+    return False
 
 
 def _glob_escape(text: str) -> str:
@@ -213,8 +271,11 @@ class JobRecord:
     """A job in a queue, as ``Sidekiq::JobRecord``: its JSON read, nothing resolved.
 
     ``item`` is the parsed JSON object and ``value`` the exact string stored in Redis. A payload
-    that is not a JSON object gives an empty ``item``, ``invalid`` set, and the raw text as the
-    only arg, so it can still be listed and deleted::
+    that is not a job (whatever :func:`kombu_sidekiq.job.parse` refuses: not JSON, not UTF-8, not
+    an object, a key of the wrong type, a lone surrogate, nesting or numbers out of range) sets
+    ``invalid`` and ``reason``, has the raw text as its only arg, and keeps in ``item`` only its
+    top-level scalars (so its jid, class and errors still show); it can still be listed, found,
+    killed and deleted. Reading a record never raises::
 
         job = Queue(app).find_job(jid)
         job.klass, job.args, job.enqueued_at, job.latency
@@ -224,20 +285,25 @@ class JobRecord:
 
     def __init__(self, client: Client, value: str | bytes, queue: str | None = None) -> None:
         self._client = client
+        if isinstance(value, bytes) and _decodes(client):
+            # Read raw (see _raw); given back as the client would have given it, when it can.
+            with contextlib.suppress(UnicodeDecodeError):
+                value = value.decode("utf-8")
         self.value = value
-        self.invalid = False
+        #: Why the payload is not a job, if it is not one.
+        self.reason: str | None = None
         self._args: list[Any] | None = None
         try:
-            item = json.loads(value)
-        except (ValueError, UnicodeDecodeError):
-            item = None
-        if not isinstance(item, dict):
+            item = jobs.parse(value)
+        except InvalidJob as exc:
             # Sidekiq's rule: show the unreadable payload as the job's only arg.
-            self.invalid = True
+            self.reason = exc.reason
             self._args = [_text(value)]
-            item = {}
+            item = _salvaged(value)
+        self.invalid = self.reason is not None
         self.item: Job = item
-        self.queue: str | None = queue or _optional_text(item.get("queue"))
+        named = item.get("queue")
+        self.queue: str | None = queue or (named if isinstance(named, str) else None)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.jid} {self.klass} queue={self.queue}>"
@@ -408,6 +474,7 @@ class JobRecord:
             "tags": self.tags,
             "latency": self.latency,
             "invalid": self.invalid,
+            "reason": self.reason,
             "item": self.item if not self.invalid else None,
             "value": _text(self.value) if self.invalid else None,
         }
@@ -497,7 +564,7 @@ class Queue:
 
     def latency(self) -> float:
         """Seconds the oldest job (the list's tail, next to run) has waited; 0.0 if empty."""
-        return _queue_latency(self._client.redis.lindex(self.key, -1))
+        return _queue_latency(_raw(self._client.redis, "LINDEX", self.key, -1))
 
     def __iter__(self) -> Iterator[JobRecord]:
         for raw in self._raw_entries():
@@ -511,7 +578,8 @@ class Queue:
         while True:
             start = page * PAGE_SIZE - deleted
             entries = cast(
-                list[bytes], self._client.redis.lrange(self.key, start, start + PAGE_SIZE - 1)
+                list[bytes],
+                _raw(self._client.redis, "LRANGE", self.key, start, start + PAGE_SIZE - 1),
             )
             if not entries:
                 return
@@ -550,10 +618,10 @@ def _queue_latency(raw: Any) -> float:
     if raw is None:
         return 0.0
     try:
-        job = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        job = jobs.parse(raw)
+    except InvalidJob:
         return 0.0
-    return _seconds_since(job.get("enqueued_at")) if isinstance(job, dict) else 0.0
+    return _seconds_since(job.get("enqueued_at"))
 
 
 # -- sorted sets -----------------------------------------------------------------------------
@@ -597,17 +665,24 @@ class SortedEntry(JobRecord):
     def retry(self) -> bool:
         """Push to the job's queue now; a manual retry does not count against its retries.
 
-        Raises :class:`~kombu_sidekiq.job.InvalidJob` (and leaves the member) if it is no job.
+        Raises :class:`~kombu_sidekiq.job.InvalidJob` if it is no job, and
+        ``redis.ResponseError`` if its queue refused the push (a key of another type, out of
+        memory); either way the member stays where it is.
         """
         return self.parent._requeue([self.value], retry=True, strict=True)[0] == 1
 
     def add_to_queue(self) -> bool:
-        """Push to the job's queue now, unchanged but for ``enqueued_at``."""
+        """Push to the job's queue now, unchanged but for ``enqueued_at`` (raises as
+        :meth:`retry` does)."""
         return self.parent._requeue([self.value], retry=False, strict=True)[0] == 1
 
     def kill(self) -> bool:
-        """Move to the dead set (now as its score), trimming it as Sidekiq does."""
-        return self.parent._kill([self.value]) == 1
+        """Move to the dead set (now as its score), trimming it as Sidekiq does.
+
+        Needs no parsing: any member can be killed. Raises ``redis.ResponseError`` if the dead
+        set refused it; then it stays where it is.
+        """
+        return self.parent._kill([self.value], strict=True)[0] == 1
 
     def reschedule(self, at: float | datetime) -> bool:
         """Move to another time in the same set; False if the member left it meanwhile.
@@ -662,8 +737,15 @@ class JobSet:
     def size(self) -> int:
         return int(self._client.redis.zcard(self.key))
 
-    def _scored(self, start: Any, stop: Any, **options: Any) -> list[tuple[bytes, float]]:
-        reply = self._client.redis.zrange(self.key, start, stop, withscores=True, **options)
+    def _scored(
+        self, start: Any, stop: Any, *, byscore: bool = False, desc: bool = False
+    ) -> list[tuple[bytes, float]]:
+        # As redis-py's zrange sends it (ZREVRANGE for a reversed rank range), read raw.
+        if desc and not byscore:
+            command = ["ZREVRANGE", self.key, start, stop]
+        else:
+            command = ["ZRANGE", self.key, start, stop, *(["BYSCORE"] if byscore else [])]
+        reply = _raw(self._client.redis, *command, "WITHSCORES", withscores=True)
         return cast(list[tuple[bytes, float]], reply)
 
     def __len__(self) -> int:
@@ -695,8 +777,15 @@ class JobSet:
     def scan(self, match: str, count: int = 100) -> Iterator[SortedEntry]:
         """Entries whose JSON contains ``match`` (a glob if it has ``*``), via ``ZSCAN``."""
         pattern = match if "*" in match else f"*{match}*"
-        for member, score in self._client.redis.zscan_iter(self.key, match=pattern, count=count):
-            yield SortedEntry(self, member, score)
+        cursor = 0
+        while True:
+            cursor, pairs = _raw(
+                self._client.redis, "ZSCAN", self.key, cursor, "MATCH", pattern, "COUNT", count
+            )
+            for member, score in pairs:
+                yield SortedEntry(self, member, score)
+            if cursor == 0:
+                return
 
     def fetch(
         self, score: float | tuple[float, float], jid: str | None = None
@@ -733,7 +822,7 @@ class JobSet:
     def schedule(self, at: float | datetime, job: Job) -> None:
         """Add ``job`` with score ``at`` (epoch seconds or a datetime)."""
         score = at.timestamp() if isinstance(at, datetime) else float(at)
-        self._client.redis.zadd(self.key, {jobs.dumps(job): score})
+        self._client.redis.zadd(self.key, {checked_payload(job): score})
 
     def clear(self) -> int:
         """Delete the whole set; returns how many entries went."""
@@ -748,7 +837,8 @@ class JobSet:
         """Retry every job (as :meth:`SortedEntry.retry`); returns how many moved.
 
         Goes through the entries present when it starts, oldest score first, ``BULK_BATCH``
-        per round trip. A member that is not a job stays where it is (logged).
+        per round trip. A member that is not a job, or whose queue refuses it, stays where it
+        is (logged); whatever the members, it does not raise for one of them.
         """
         return self._move_all(lambda members: self._requeue(members, retry=True), progress)
 
@@ -757,8 +847,9 @@ class JobSet:
         return self._move_all(lambda members: self._requeue(members, retry=False), progress)
 
     def kill_all(self, progress: Progress | None = None) -> int:
-        """Move every entry to the dead set; returns how many moved."""
-        return self._move_all(lambda members: (self._kill(members), 0), progress)
+        """Move every entry to the dead set; returns how many moved. Members the dead set
+        refuses (a key of another type) stay where they are, logged."""
+        return self._move_all(self._kill, progress)
 
     # -- moves -------------------------------------------------------------------------------
 
@@ -773,7 +864,9 @@ class JobSet:
         while budget > 0:
             members = cast(
                 list[bytes],
-                self._client.redis.zrange(self.key, left, left + min(BULK_BATCH, budget) - 1),
+                _raw(
+                    self._client.redis, "ZRANGE", self.key, left, left + min(BULK_BATCH, budget) - 1
+                ),
             )
             if not members:
                 break
@@ -788,36 +881,68 @@ class JobSet:
     def _requeue(
         self, members: Sequence[str | bytes], *, retry: bool, strict: bool = False
     ) -> tuple[int, int]:
-        """Push members to their queues in one script call; ``(moved, left as not jobs)``.
+        """Push members to their queues in one script call; ``(moved, left in the set)``.
 
-        ``strict`` raises :class:`InvalidJob` for a member that is not a job instead."""
-        keys: list[str] = [self.key, self._client.keys.queues]
+        A member that is not a job, or whose queue refuses the push, is left where it is and
+        logged; ``strict`` raises instead: :class:`InvalidJob` for the first, the refusal as
+        ``redis.ResponseError`` for the second."""
+        keys: list[str | bytes] = [self.key, self._client.keys.queues]
         argv: list[str | bytes] = []
-        skipped = 0
+        pushed: list[str | bytes] = []
+        left = 0
         for member in members:
             try:
                 job = requeued(member, retry=retry, version=self._client.version)
-            except InvalidJob as exc:
+                queue = job["queue"]
+                # Encoded here, not by redis-py when it packs the whole call: whatever fails
+                # for one member fails for that member only.
+                triple = [member, queue.encode(), jobs.dumps(job).encode()]
+                key = self._client.keys.queue(queue).encode()
+            except Exception as exc:  # requeued raises InvalidJob; anything else: same fate
+                reason = exc.reason if isinstance(exc, InvalidJob) else repr(exc)
                 if strict:
-                    raise
+                    if isinstance(exc, InvalidJob):
+                        raise
+                    raise InvalidJob(reason) from exc
                 logger.warning(
                     "%s: leaving a member that is not a job: %s: %r",
                     self.name,
-                    exc.reason,
+                    reason,
                     member[:200],
                 )
-                skipped += 1
+                left += 1
                 continue
-            keys.append(self._client.keys.queue(job["queue"]))
-            argv += [member, job["queue"], jobs.dumps(job)]
-        # promote.lua pushes a member only if it is the one that removed it from the set.
-        moved = int(self._promote(keys=keys, args=argv)) if argv else 0
-        self._removed += moved
-        return moved, skipped
+            keys.append(key)
+            argv += triple
+            pushed.append(member)
+        moved = 0
+        if argv:
+            # promote.lua moves a member only if it is still in the set and its push succeeded.
+            moved, refused = promote_reply(self._promote(keys=keys, args=argv))
+            self._removed += moved
+            for position, error in refused:
+                if position == 0:
+                    logger.warning("%s: jobs pushed, but %s", self.name, error)
+                    continue
+                if strict:
+                    raise redis.ResponseError(error)
+                logger.warning(
+                    "%s: leaving a job its queue refused: %s: %r",
+                    self.name,
+                    error,
+                    pushed[position - 1][:200],
+                )
+                left += 1
+        return moved, left
 
-    def _kill(self, members: Sequence[str | bytes]) -> int:
-        # bury.lua: ZREM from this set, ZADD to dead with now as score, trim by age and count;
-        # the member goes to the morgue exactly as it was, as Sidekiq's DeadSet#kill stores it.
+    def _kill(self, members: Sequence[str | bytes], *, strict: bool = False) -> tuple[int, int]:
+        """Move members to the dead set, as they are; ``(moved, left in the set)``.
+
+        A member the dead set refuses stays where it is, logged; ``strict`` raises the refusal
+        (``redis.ResponseError``) instead."""
+        # bury.lua: ZADD to dead with now as score, then ZREM from this set, trim by age and
+        # count; the member goes to the morgue exactly as it was, as Sidekiq's DeadSet#kill
+        # stores it.
         now = time.time()
         dead = self._client.keys.dead
         with self._client.redis.pipeline(transaction=False) as pipe:
@@ -827,9 +952,23 @@ class JobSet:
                     args=[member, member, now, now - DEAD_TIMEOUT, DEAD_MAX_JOBS],
                     client=pipe,
                 )
-            moved = sum(int(reply) for reply in pipe.execute())
+            replies = pipe.execute(raise_on_error=False)
+        moved = left = 0
+        for member, reply in zip(members, replies, strict=True):
+            if isinstance(reply, redis.ResponseError):
+                if strict:
+                    raise reply
+                logger.warning(
+                    "%s: the dead set refused a member, so it stays: %s: %r",
+                    self.name,
+                    reply,
+                    member[:200],
+                )
+                left += 1
+            else:
+                moved += int(reply)
         self._removed += moved
-        return moved
+        return moved, left
 
     def _removed_one(self, reply: Any) -> bool:
         removed = bool(reply)
@@ -860,7 +999,7 @@ class DeadSet(JobSet):
 
     def add(self, job: str | bytes | Job) -> None:
         """Put a job (JSON or a dict) in the dead set now and trim, as ``DeadSet#kill`` does."""
-        payload = jobs.dumps(job) if isinstance(job, dict) else job
+        payload = checked_payload(job) if isinstance(job, dict) else job
         self._client.kill(payload)
 
     def trim(self) -> None:
@@ -916,7 +1055,7 @@ class Stats:
             pipe.zcard(keys.retry)
             pipe.zcard(keys.dead)
             pipe.scard(keys.processes)
-            pipe.lindex(keys.queue("default"), -1)
+            _raw(pipe, "LINDEX", keys.queue("default"), -1)
             for identity in processes:
                 pipe.hget(keys.key(identity), "busy")
             for queue in queues:
@@ -1189,7 +1328,7 @@ class ProcessSet:
             return None
         try:
             info = json.loads(fields["info"])
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             info = None
         if not isinstance(info, dict):
             logger.warning(
@@ -1236,8 +1375,13 @@ class Work:
             run_at /= 1000.0
         self.run_at: datetime | None = _from_epoch(run_at)
         payload = entry.get("payload")
-        # The payload is the job's JSON string (double-encoded); older writers stored the object.
-        self.payload: str = payload if isinstance(payload, str) else jobs.dumps(payload or {})
+        # The payload is the job's JSON string (double-encoded); older writers stored the object,
+        # written back here with ASCII escapes, so that parse sees a lone surrogate and NaN.
+        self.payload: str = (
+            payload
+            if isinstance(payload, str)
+            else json.dumps(payload or {}, separators=(",", ":"))
+        )
         self.job = JobRecord(client, self.payload, self.queue)
 
     def __repr__(self) -> str:
@@ -1294,7 +1438,7 @@ class Workers:
         for tid, raw in sorted(entries.items()):
             try:
                 entry = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
+            except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
                 entry = None
             if isinstance(entry, dict):
                 yield Work(self._client, identity, tid, entry)

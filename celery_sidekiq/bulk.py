@@ -3,8 +3,8 @@
 Sidekiq's ``Sidekiq::Client.push_bulk`` for Celery apps. ``apply_async`` pays for a Celery
 message per call (routing, headers, serialization, a kombu publish); a bulk push resolves the
 task, its Sidekiq class and its options once, builds plain Sidekiq jobs and writes each batch
-of ``batch_size`` with one pipeline (``SADD queues`` + one ``LPUSH`` per queue, or one
-``ZADD schedule``)::
+of ``batch_size`` in one round trip, a ``MULTI``/``EXEC`` (``SADD queues`` + one ``LPUSH``,
+and one ``ZADD schedule``)::
 
     from celery_sidekiq.bulk import push_bulk
 
@@ -21,19 +21,23 @@ Celery's per-call metadata (kwargs, links, time limits) has no place here: use
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any, Final
 
+import redis
 from celery import Celery, Task
 
 from kombu_sidekiq import job as jobs
-from kombu_sidekiq.client import Client
+from kombu_sidekiq.client import Client, checked_payload
 from kombu_sidekiq.codec import CALL_OPTIONS, JobOptions, Registry
 from kombu_sidekiq.transport import Channel, PayloadTooLarge, oversize
 
 __all__ = ["BATCH_SIZE", "push_bulk"]
+
+logger = logging.getLogger(__name__)
 
 #: Jobs per round trip, Sidekiq's ``push_bulk`` default: large enough that the round trip is
 #: amortized, small enough that one pipeline never blocks Redis for long (about 1 ms).
@@ -70,9 +74,20 @@ def push_bulk(
     ``sidekiq_options`` (``retry_queue``, ``backtrace``, ``tags``, ``dead``) override the
     task's ``sidekiq_options``.
 
-    Every job is built and serialized before anything is written, so bad input raises
-    (``TypeError``/``ValueError``) with nothing enqueued. The jids are the task ids, in the
-    order of ``args_list``; a consumer takes the jobs of each queue in that order.
+    Every job is built, serialized and checked (JSON values only, no lone UTF-16 surrogate,
+    no NaN, nesting Ruby can read) before anything is written, so bad input raises
+    (``TypeError``/``ValueError``, naming its index in ``args_list``) with nothing enqueued.
+    The jids are the task ids, in the order of ``args_list``; a consumer takes the jobs of
+    each queue in that order.
+
+    Each batch is one ``MULTI``/``EXEC``: a connection lost before Redis gets the ``EXEC``
+    writes nothing of that batch. Batches are separate round trips, though: if Redis fails
+    in the middle of a call, the batches before the failing one are written and stay, and
+    the error raised says how many jobs that is (the first N of ``args_list``); the rest are
+    not written. Two cases are not whole even within a batch: an error reply to one of its
+    commands (a queue key holding another type, out of memory) leaves its other commands
+    applied, as Redis never rolls back; and a connection lost after ``EXEC`` ran, taking the
+    reply, makes redis-py's retry (if the client has one) write that batch a second time.
     """
     task, app = _resolve(task_or_name, app)
     name = task.name if task is not None else str(task_or_name)
@@ -220,13 +235,14 @@ def _payloads(
     version: int,
     batch_size: int,
     max_bytes: int = 0,
-) -> list[tuple[str, str, float | None]]:
-    """(jid, JSON, due time) for every job, all serialized before any write.
+) -> list[tuple[str, bytes, float | None]]:
+    """(jid, JSON as UTF-8, due time) for every job, all serialized and checked before any
+    write: a job that would fail later (a lone surrogate UTF-8 cannot encode) fails here.
 
     As sidekiq.rb's ``push_bulk`` does, each batch shares one job built the usual way (so
     one ``created_at``/``enqueued_at``) and each job is a copy with its own args and jid.
     """
-    out = []
+    out: list[tuple[str, bytes, float | None]] = []
     for start in range(0, len(batch), batch_size):
         now, later = (
             jobs.build(
@@ -246,13 +262,13 @@ def _payloads(
             job["args"] = batch[index]
             job["jid"] = jid = jobs.new_jid()
             try:
-                payload = jobs.dumps(job)
+                payload = checked_payload(job)
             except (TypeError, ValueError) as exc:
                 raise TypeError(
                     f"push_bulk(): args_list[{index}] cannot be written as JSON ({exc}); "
-                    "Sidekiq jobs carry JSON values only"
+                    "Sidekiq jobs carry JSON values only; nothing was written"
                 ) from None
-            reason = max_bytes and oversize(len(payload.encode()), max_bytes)
+            reason = max_bytes and oversize(len(payload), max_bytes)
             if reason:
                 raise PayloadTooLarge(
                     f"push_bulk(): args_list[{index}] is {reason}; nothing was written"
@@ -263,12 +279,13 @@ def _payloads(
 
 def _write(
     client: Client,
-    payloads: list[tuple[str, str, float | None]],
+    payloads: list[tuple[str, bytes, float | None]],
     queue: str,
     batch_size: int,
 ) -> None:
-    """One pipeline per batch: ``SADD queues`` + ``LPUSH`` of the batch (in order, so that
-    the consumer's RPOP takes the first job first), and one ``ZADD`` for its scheduled jobs.
+    """One ``MULTI``/``EXEC`` per batch: ``SADD queues`` + ``LPUSH`` of the batch (in order,
+    so that the consumer's RPOP takes the first job first), and one ``ZADD`` for its
+    scheduled jobs.
 
     The commands are ``Client.push_bulk``'s, but on payloads serialized beforehand: that
     method serializes as it writes, and checking every job before the first write through it
@@ -278,10 +295,28 @@ def _write(
     for start in range(0, len(payloads), batch_size):
         now = [p for _, p, when in payloads[start : start + batch_size] if when is None]
         later = {p: when for _, p, when in payloads[start : start + batch_size] if when is not None}
-        with client.redis.pipeline(transaction=False) as pipe:
-            if now:
-                pipe.sadd(keys.queues, queue)
-                pipe.lpush(keys.queue(queue), *now)
-            if later:
-                pipe.zadd(keys.schedule, later)
-            pipe.execute()
+        try:
+            with client.redis.pipeline(transaction=True) as tx:
+                if now:
+                    tx.sadd(keys.queues, queue)
+                    tx.lpush(keys.queue(queue), *now)
+                if later:
+                    tx.zadd(keys.schedule, later)
+                tx.execute()
+        except redis.RedisError as exc:
+            _partly_written(exc, start, len(payloads))
+            raise
+
+
+def _partly_written(exc: Exception, written: int, total: int) -> None:
+    """Say on ``exc`` (and in the log) which jobs a failed call wrote: the caller must know
+    what to send again, as sending everything again would enqueue the first batches twice."""
+    note = (
+        f"push_bulk(): args_list[:{written}] ({written} of {total} jobs) were written before "
+        f"this error and stay; the batch from args_list[{written}] failed (after an error "
+        "reply, its other commands may have run) and no later batch was sent"
+    )
+    logger.error("%s: %s", note, exc)
+    add_note = getattr(exc, "add_note", None)  # Python 3.11+
+    if add_note is not None:
+        add_note(note)

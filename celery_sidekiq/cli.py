@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, cast
 import click
 import redis
 from kombu.exceptions import OperationalError
+from redis.client import NEVER_DECODE
 
 from kombu_sidekiq.client import Client
 from kombu_sidekiq.job import InvalidJob
@@ -316,7 +317,8 @@ def _list_set(ctx: click.Context, name: str, limit: int, as_json: bool) -> None:
         row: list[Any] = [
             _when(entry.at),
             entry.jid,
-            entry.display_class,
+            # Not a job: say why where the class goes; ARGS shows the payload as it is.
+            f"(invalid: {entry.reason})" if entry.invalid else entry.display_class,
             entry.queue,
             entry.display_args,
         ]
@@ -447,7 +449,8 @@ def periodic(ctx: click.Context, as_json: bool) -> None:
             e.get("retry"),
         )
         if not e["invalid"]
-        else (_when(_from_score(e["score"])), "(unreadable)", e["member"])
+        # As many cells as the headers, or the table cannot be laid out.
+        else (_when(_from_score(e["score"])), "(unreadable)", e["member"], None, None, None, None)
         for e in entries
     ]
     _echo(ctx, _table(ctx, ("NEXT", "NAME", "CLASS", "CRON", "QUEUE", "ARGS", "RETRY"), rows))
@@ -458,14 +461,18 @@ def periodic_entries(client: Client) -> list[dict[str, Any]]:
     "queue", "args", "retry"}`` with ``args`` a JSON string holding the args array, score = the
     next fire time. Values are shown as rusty-sidekiq enqueues them (no queue: ``default``; no
     retry: ``false``); an unreadable member is listed as it is, marked ``invalid``."""
-    reply = client.redis.zrange(client.keys.periodic, 0, -1, withscores=True)
+    # Raw bytes whatever the client decodes: a member that is not UTF-8 is listed, not fatal.
+    execute: Any = client.redis.execute_command  # untyped in redis-py
+    reply = execute(
+        "ZRANGE", client.keys.periodic, 0, -1, "WITHSCORES", withscores=True, **{NEVER_DECODE: True}
+    )
     entries = []
     for member, score in cast(list[tuple[bytes, float]], reply):
         text = member.decode("utf-8", "replace") if isinstance(member, bytes) else str(member)
         at = _from_score(score).isoformat().replace("+00:00", "Z")
         base = {"score": score, "next_at": at, "member": text}
         try:
-            entry = json.loads(text)
+            entry = _printable_json(text)
         except ValueError:
             entry = None
         if not isinstance(entry, dict):
@@ -474,7 +481,7 @@ def periodic_entries(client: Client) -> list[dict[str, Any]]:
         args = entry.get("args")
         if isinstance(args, str):  # double-encoded by rusty-sidekiq
             with contextlib.suppress(ValueError):
-                args = json.loads(args)
+                args = _printable_json(args)
         entries.append(
             {
                 **base,
@@ -488,6 +495,18 @@ def periodic_entries(client: Client) -> list[dict[str, Any]]:
             }
         )
     return entries
+
+
+def _printable_json(text: str) -> Any:
+    """``json.loads``, refusing (``ValueError``) what it reads but this command could not print:
+    a lone surrogate escape (UTF-8 cannot carry it), NaN or Infinity (no JSON), nesting too deep
+    to walk (a ``RecursionError``)."""
+    try:
+        value = json.loads(text)
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except RecursionError:
+        raise ValueError("nested too deep") from None
+    return value
 
 
 # -- acting on one job -----------------------------------------------------------------------
@@ -670,8 +689,9 @@ def kill_all(ctx: click.Context, set_name: str, yes: bool, as_json: bool) -> Non
     if total:
         _confirm(yes, f"Move all {total} jobs of {label} to the dead set?")
     moved = _bulk(as_json, total, f"Killing {label}", jobset.kill_all)
-    data = {"ok": True, "action": "kill-all", "set": label, "moved": moved, "left": jobset.size()}
-    _emit(ctx, as_json, data, f"Killed {moved} jobs from {label}.")
+    left = jobset.size()
+    data = {"ok": True, "action": "kill-all", "set": label, "moved": moved, "left": left}
+    _emit(ctx, as_json, data, f"Killed {moved} jobs from {label}; {left} left there.")
 
 
 @sidekiq.command("clear")

@@ -19,6 +19,7 @@ from functools import cache
 from typing import Any, Final, cast
 
 import redis
+from redis.client import NEVER_DECODE
 
 from . import job as jobs
 from . import scripts
@@ -32,6 +33,8 @@ __all__ = [
     "Client",
     "InDoubt",
     "build",
+    "checked_payload",
+    "promote_reply",
     "script_command",
 ]
 
@@ -221,18 +224,44 @@ class Client:
             pool.release(connection)
 
     def push_bulk(self, batch: Iterable[Job]) -> list[str]:
-        """Enqueue many jobs in one round trip, one LPUSH per queue, as ``push_bulk`` does."""
-        by_queue: dict[str, list[str]] = {}
+        """Enqueue many jobs in one round trip, one LPUSH per queue, as ``push_bulk`` does.
+
+        Every job is serialized and checked before anything is written: a job with no
+        ``queue`` or ``jid`` string raises :class:`~kombu_sidekiq.job.InvalidJob`, one that
+        cannot be written as JSON every reader takes back (see :func:`checked_payload`) raises
+        ``TypeError``; either names the job's index, and nothing is enqueued.
+
+        The writes go in one ``MULTI``/``EXEC``. If the connection breaks before ``EXEC``
+        reaches Redis, nothing is written; redis-py's retry (if the client has one) then sends
+        it all again. Two failures are not all or nothing: an error reply to one command (a
+        queue key holding another type, out of memory) leaves the other commands applied, as
+        Redis never rolls a transaction back, and the error is raised; and a connection lost
+        after ``EXEC`` ran, taking its reply, makes a retry push every job a second time (at
+        least once, never zero times).
+        """
+        by_queue: dict[str, list[bytes]] = {}
         jids = []
-        for job in batch:
-            by_queue.setdefault(job["queue"], []).append(jobs.dumps(job))
+        for index, job in enumerate(batch):
+            for key in ("queue", "jid"):
+                if not isinstance(job.get(key), str) or not job[key]:
+                    raise jobs.InvalidJob(
+                        f"push_bulk(): job {index} has no '{key}' string; nothing was written"
+                    )
+            try:
+                payload = checked_payload(job)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(
+                    f"push_bulk(): job {index} cannot be written as JSON ({exc}); "
+                    "nothing was written"
+                ) from None
+            by_queue.setdefault(job["queue"], []).append(payload)
             jids.append(str(job["jid"]))
         if by_queue:
-            with self.redis.pipeline(transaction=False) as pipe:
-                pipe.sadd(self.keys.queues, *by_queue)
+            with self.redis.pipeline(transaction=True) as tx:
+                tx.sadd(self.keys.queues, *by_queue)
                 for queue, payloads in by_queue.items():
-                    pipe.lpush(self.keys.queue(queue), *payloads)
-                pipe.execute()
+                    tx.lpush(self.keys.queue(queue), *payloads)
+                tx.execute()
         return jids
 
     def schedule(self, job: Job, at: float) -> str:
@@ -267,39 +296,126 @@ class Client:
             pipe.execute()
 
     def enqueue_due(self, now: float | None = None) -> int:
-        """Move every due job of ``retry`` and ``schedule`` to its queue; return how many moved."""
+        """Move every due job of ``retry`` and ``schedule`` to its queue; return how many moved.
+
+        One bad member never holds the others back. A member that is not a job goes to the
+        dead set as it is (:meth:`bury`), its reason logged. A job whose queue refuses the push
+        (a key of another type, out of memory) stays where it is, logged, and is tried again at
+        the next call; so does a member the dead set refused. Members left so are skipped for
+        the rest of the call, which therefore always ends. A set that cannot be read (a key of
+        another type) is logged and the other set still promoted. A connection error ends the
+        call, with every job still in exactly one place: the poller tries again later.
+        """
         moved = 0
         for zset in (self.keys.retry, self.keys.schedule):
-            while True:
-                when = time.time() if now is None else now
-                due = self.redis.zrange(
-                    zset, "-inf", when, byscore=True, offset=0, num=PROMOTE_BATCH
-                )
-                if not due:
-                    break
-                moved += self._promote_members(zset, cast(list[bytes], due))
-                if len(due) < PROMOTE_BATCH:
-                    break
+            try:
+                moved += self._enqueue_set(zset, now)
+            except redis.ResponseError as exc:
+                logger.error("cannot promote the due jobs of %s: %s", zset, exc)
         return moved
 
-    def _promote_members(self, zset: str, members: Sequence[bytes]) -> int:
-        keys: list[str] = [zset, self.keys.queues]
-        argv: list[str | bytes] = []
+    def _enqueue_set(self, zset: str, now: float | None) -> int:
+        moved = 0
+        # Members this call left in the set are the lowest-ranked due ones (every due member
+        # ranked before them has moved), so the next batch starts past them instead of reading
+        # the same stuck members forever. A member that arrives meanwhile with an older score
+        # shifts the ranks by one: at worst a due job waits for the next call.
+        left = 0
+        while True:
+            when = time.time() if now is None else now
+            due = self._due(zset, when, left)
+            if not due:
+                break
+            done, stayed = self._promote_members(zset, due)
+            moved += done
+            left += stayed
+            if len(due) < PROMOTE_BATCH:
+                break
+        return moved
+
+    def _due(self, zset: str, when: float, offset: int) -> list[bytes]:
+        # Raw bytes whatever the client's decode_responses: a member that is not UTF-8 would
+        # make redis-py raise while reading the whole reply, and no member would ever move.
+        execute: Any = self.redis.execute_command  # untyped in redis-py
+        reply = execute(
+            "ZRANGE",
+            zset,
+            "-inf",
+            when,
+            "BYSCORE",
+            "LIMIT",
+            offset,
+            PROMOTE_BATCH,
+            **{NEVER_DECODE: True},
+        )
+        return cast(list[bytes], reply)
+
+    def _promote_members(self, zset: str, members: Sequence[bytes]) -> tuple[int, int]:
+        """Promote ``members`` of ``zset`` (one script call), bury those that are not jobs;
+        return ``(moved, left in the set)``."""
+        keys: list[str | bytes] = [zset, self.keys.queues]
+        argv: list[bytes] = []
+        pushed: list[bytes] = []
+        invalid: list[tuple[bytes, str]] = []
         for member in members:
             try:
                 job = jobs.parse(member)
-            except jobs.InvalidJob as exc:
-                self.bury(zset, member, exc.reason)
+                queue = job.get("queue") or "default"
+                job["queue"] = queue
+                jobs.mark_enqueued(job, self.version)
+                # Encoded here, not by redis-py when it packs the whole call: whatever fails
+                # for one member fails for that member only.
+                triple = [member, queue.encode(), jobs.dumps(job).encode()]
+                key = self.keys.queue(queue).encode()
+            except Exception as exc:  # parse raises InvalidJob only; anything else: same fate
+                reason = exc.reason if isinstance(exc, jobs.InvalidJob) else repr(exc)
+                invalid.append((member, reason))
                 continue
-            queue = job.get("queue") or "default"
-            job["queue"] = queue
-            jobs.mark_enqueued(job, self.version)
-            keys.append(self.keys.queue(queue))
-            argv += [member, queue, jobs.dumps(job)]
-        return int(self._promote(keys=keys, args=argv)) if argv else 0
+            keys.append(key)
+            argv += triple
+            pushed.append(member)
+        moved = left = 0
+        if argv:
+            try:
+                reply = self._promote(keys=keys, args=argv)
+            except redis.ResponseError as exc:
+                # The script failed before its first write (only reading the set can fail
+                # outside pcall): every member is still there.
+                logger.error("cannot promote %d due jobs of %s: %s", len(pushed), zset, exc)
+                left += len(pushed)
+            else:
+                moved, refused = promote_reply(reply)
+                for position, error in refused:
+                    if position == 0:
+                        logger.error("promoted jobs from %s, but %s", zset, error)
+                        continue
+                    logger.error(
+                        "leaving a due job in %s, its queue refused it: %s: %r",
+                        zset,
+                        error,
+                        pushed[position - 1][:200],
+                    )
+                    left += 1
+        for member, reason in invalid:
+            try:
+                self.bury(zset, member, reason)
+            except redis.ResponseError as exc:
+                logger.error(
+                    "the dead set refused an invalid job, so it stays in %s: %s: %r",
+                    zset,
+                    exc,
+                    member[:200],
+                )
+                left += 1
+        return moved, left
 
     def bury(self, zset: str, member: bytes | str, reason: str) -> bool:
-        """Move an unreadable member of ``zset`` to the dead set, as it is."""
+        """Move an unreadable member of ``zset`` to the dead set, as it is.
+
+        Returns False if the member had left ``zset`` already (another poller took it). Raises
+        ``redis.ResponseError`` if the dead set refused it (a key of another type, out of
+        memory): then the member is still in ``zset``, never in neither.
+        """
         logger.error(
             "moving an invalid job from %s to the dead set: %s: %r", zset, reason, member[:200]
         )
@@ -310,6 +426,38 @@ class Client:
                 args=[member, member, now, now - DEAD_TIMEOUT, DEAD_MAX_JOBS],
             )
         )
+
+
+def checked_payload(job: Job) -> bytes:
+    """``job`` as the UTF-8 JSON to store, the text ``jobs.dumps`` writes, checked to be what
+    every reader takes back whole.
+
+    Raises ``TypeError`` for a value JSON cannot hold (an object, a set) and ``ValueError`` for
+    NaN or Infinity (``jobs.dumps`` refuses them), an integer too long to print, a string with a
+    lone UTF-16 surrogate (UTF-8 cannot carry it), or nesting deeper than Ruby's ``JSON.parse``
+    reads. The nesting is counted only in a text long enough to hold it, so an ordinary job
+    costs its encoding alone.
+    """
+    text = jobs.dumps(job)
+    data = text.encode("utf-8")
+    # 101 nested arrays need 202 characters; only then can counting the brackets find any.
+    if len(text) > 2 * jobs.MAX_NESTING and text.count("[") + text.count("{") > jobs.MAX_NESTING:
+        try:
+            jobs.parse(data)
+        except jobs.InvalidJob as exc:
+            raise ValueError(exc.reason) from None
+    return data
+
+
+def promote_reply(reply: Any) -> tuple[int, list[tuple[int, str]]]:
+    """promote.lua's ``{moved, position, error, ...}`` as ``(moved, [(position, error)])``."""
+    moved, *rest = reply
+    refused = [(int(rest[i]), _text(rest[i + 1])) for i in range(0, len(rest) - 1, 2)]
+    return int(moved), refused
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def script_command(

@@ -9,6 +9,7 @@ behaviour of each action under concurrent change.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -17,8 +18,9 @@ from typing import Any
 import pytest
 import redis as redis_lib
 from celery import Celery
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import hostile
 
 import celery_sidekiq
 from celery_sidekiq import api
@@ -623,3 +625,195 @@ def test_sources_that_cannot_work_fail_with_what_to_change(redis_url: str) -> No
         api.Stats("redis://localhost")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="namespace"):
         api.client_of(Celery("x", broker="sidekiq://localhost"), Keys("ns"))
+
+
+# -- hostile members -------------------------------------------------------------------------
+
+
+def refusal(raw: bytes) -> str | None:
+    """job.parse's reason for refusing ``raw``, or None if it is a job."""
+    try:
+        jobs.parse(raw)
+    except InvalidJob as exc:
+        return exc.reason
+    return None
+
+
+RECORD_PROPERTIES = (
+    "klass",
+    "args",
+    "jid",
+    "bid",
+    "created_at",
+    "enqueued_at",
+    "failed_at",
+    "retried_at",
+    "retry_count",
+    "error_class",
+    "error_message",
+    "error_backtrace",
+    "tags",
+    "latency",
+    "display_class",
+    "display_args",
+)
+
+
+def assert_reads_whole(record: api.JobRecord, raw: bytes) -> dict[str, Any]:
+    """A record of any member reads without raising: invalid, with parse's own reason, exactly
+    when parse refuses it, and all it shows is JSON (no NaN) that UTF-8 can carry."""
+    reason = refusal(raw)
+    assert record.invalid == (reason is not None)
+    assert record.reason == reason
+    for name in RECORD_PROPERTIES:
+        getattr(record, name)
+    data = record.to_dict()
+    assert data["reason"] == reason
+    json.dumps(data, ensure_ascii=False, allow_nan=False, default=str).encode("utf-8")
+    if record.invalid:
+        assert data["value"] is not None and record.args == [data["value"]]
+    return data
+
+
+@settings(max_examples=300, deadline=None)
+@given(hostile.hostile_members())
+def test_a_record_of_any_hostile_member_reads_whole(raw: bytes) -> None:
+    assert_reads_whole(api.JobRecord(OFFLINE, raw, "default"), raw)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return
+    assert_reads_whole(api.JobRecord(OFFLINE, text, "default"), raw)  # as a decoding client reads
+
+
+@pytest.mark.parametrize("name", sorted(hostile.EXAMPLES))
+def test_each_kind_of_hostile_member_reads_and_acts_in_every_set(
+    client: Client, redis: redis_lib.Redis, name: str
+) -> None:
+    raw = hostile.EXAMPLES[name]
+    now = time.time()
+    for key in ("schedule", "retry", "dead"):
+        redis.zadd(key, {raw: now - 10})
+    redis.lpush("queue:default", raw)
+    sets = [api.ScheduledSet(client), api.RetrySet(client), api.DeadSet(client)]
+    for jobset in sets:
+        (entry,) = list(jobset)
+        assert_reads_whole(entry, raw)
+        assert [e.value for e in jobset.page(0, 10, reverse=True)] == [raw]
+        assert [e.value for e in jobset.fetch((now - 20, now))] == [raw]
+        assert [e.value for e in jobset.scan("HostileJob")] == (
+            [raw] if b"HostileJob" in raw else []
+        )
+        if entry.jid is not None:
+            found = jobset.find_job(entry.jid)
+            assert found is not None and found.value == raw
+    (queued,) = list(api.Queue(client))
+    assert_reads_whole(queued, raw)
+    found = api.Queue(client).find_job("ab" * 12)  # base_job's jid, if the member still shows it
+    assert (found and found.value) == (raw if queued.jid == "ab" * 12 else None)
+    api.Queue(client).latency()
+    api.Stats(client).to_dict()
+    scheduled, retries, dead = sets
+    (entry,) = list(retries)
+    if refusal(raw) is None:  # a job with odd keys is still a job: it can be retried
+        assert entry.retry() and redis.zcard("retry") == 0
+    else:
+        with pytest.raises(InvalidJob):
+            entry.retry()
+        assert redis.zrange("retry", 0, -1) == [raw]
+        assert entry.kill()  # killing needs no parsing
+        assert redis.zcard("retry") == 0
+    (entry,) = list(scheduled)
+    assert entry.delete() and scheduled.size() == 0
+    assert queued.delete() and not queued.delete()
+    assert len(dead) >= 1
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    members=st.lists(hostile.hostile_members(), min_size=1, max_size=5, unique=True),
+    good_count=st.integers(0, 3),
+    decoding=st.booleans(),
+)
+def test_listings_and_bulk_actions_never_raise_past_hostile_members(
+    redis_server: Any,
+    redis: redis_lib.Redis,
+    members: list[bytes],
+    good_count: int,
+    decoding: bool,
+) -> None:
+    redis.flushall()
+    source = Client(redis_server.client(decode_responses=True)) if decoding else Client(redis)
+    now = time.time()
+    good = [failed(n) for n in range(good_count)]
+    for n, raw in enumerate(members):
+        redis.zadd("retry", {raw: now - 100 + n})
+        redis.zadd("schedule", {raw: now + 100 + n})
+        redis.lpush("queue:default", raw)
+    for n, item in enumerate(good):
+        redis.zadd("retry", {jobs.dumps(item): now + n})
+    refused = {raw for raw in members if refusal(raw) is not None}
+    retries, scheduled = api.RetrySet(source), api.ScheduledSet(source)
+    listed = [entry.to_dict() for entry in retries] + [entry.to_dict() for entry in scheduled]
+    assert sum(entry["invalid"] for entry in listed) == 2 * len(refused)
+    for entry in [*retries.page(0, 100), *api.Queue(source)]:
+        raw = entry.value if isinstance(entry.value, bytes) else entry.value.encode()
+        assert_reads_whole(entry, raw)
+    api.Stats(source)
+    # Bulk actions go through every member; what is no job stays where it is.
+    assert retries.retry_all() == len(good) + len(members) - len(refused)
+    assert set(redis.zrange("retry", 0, -1)) == refused
+    assert scheduled.kill_all() == len(members)
+    assert scheduled.size() == 0 and redis.zcard("dead") == len(members)
+    assert api.DeadSet(source).retry_all() == len(members) - len(refused)
+    assert set(redis.zrange("dead", 0, -1)) == refused
+
+
+def test_a_queue_key_of_another_type_leaves_its_job_in_the_set(
+    client: Client, redis: redis_lib.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis.set("queue:stray", "a string where a list belongs")
+    retries = api.RetrySet(client)
+    stuck = failed(0, queue="stray")
+    retries.schedule(time.time() - 50, stuck)
+    for n in range(1, 4):
+        retries.schedule(time.time() + n, failed(n))
+    with caplog.at_level(logging.WARNING, "celery_sidekiq.api"):
+        assert retries.retry_all() == 3
+    assert "queue:stray: WRONGTYPE" in caplog.text
+    (left,) = list(retries)
+    assert left.jid == stuck["jid"]
+    with pytest.raises(redis_lib.ResponseError, match="queue:stray: WRONGTYPE"):
+        left.retry()
+    assert retries.size() == 1 and redis.get("queue:stray") == b"a string where a list belongs"
+    redis.delete("queue:stray")
+    assert left.retry() and redis.llen("queue:stray") == 1 and retries.size() == 0
+
+
+def test_a_dead_set_of_another_type_refuses_kills_and_loses_nothing(
+    client: Client, redis: redis_lib.Redis
+) -> None:
+    scheduled = api.ScheduledSet(client)
+    for n in range(3):
+        scheduled.schedule(time.time() + n, job(args=[n]))
+    redis.set("dead", "a string where the dead set belongs")
+    assert scheduled.kill_all() == 0 and scheduled.size() == 3
+    entry = next(iter(scheduled))
+    with pytest.raises(redis_lib.ResponseError, match="dead: WRONGTYPE"):
+        entry.kill()
+    assert scheduled.size() == 3
+    redis.delete("dead")
+    assert entry.kill() and scheduled.kill_all() == 2 and redis.zcard("dead") == 3
+
+
+def test_absurd_figures_and_queue_heads_read_as_zero(
+    client: Client, redis: redis_lib.Redis
+) -> None:
+    redis.mset({"stat:processed": "1e400", "stat:failed": "9" * 5000})
+    redis.sadd("queues", "default")
+    redis.rpush("queue:default", hostile.EXAMPLES["nested_100000"])
+    stats = api.Stats(client)
+    assert (stats.processed, stats.failed, stats.default_queue_latency) == (0, 0, 0.0)
+    assert stats.enqueued == 1 and api.Queue(client).latency() == 0.0

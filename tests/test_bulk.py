@@ -4,6 +4,7 @@ a real Celery worker and real sidekiq.rb (which reads the jobs through ``Sidekiq
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -21,6 +22,7 @@ from support.waiting import wait_for
 import celery_sidekiq
 from celery_sidekiq.bulk import push_bulk
 from kombu_sidekiq import job as jobs
+from kombu_sidekiq.client import Client
 
 JOB_KEYS = ["class", "args", "queue", "jid", "retry", "created_at", "enqueued_at"]
 
@@ -295,3 +297,76 @@ def test_push_bulk_honours_the_payload_cap_and_writes_nothing(
         push_bulk("Workers::Big", [["small"], ["x" * 1000]], app=app)
     assert redis.keys("*") == []
     app.close()
+
+
+# -- all or nothing ----------------------------------------------------------------------------
+
+UNWRITABLE = {
+    "an_object": object(),
+    "a_lone_surrogate": "\ud800",
+    "nan": float("nan"),
+    "nested_150": json.loads("[" * 150 + "]" * 150),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNWRITABLE))
+def test_one_unwritable_job_in_a_late_batch_writes_nothing(
+    app: Celery, redis: redis_lib.Redis, name: str
+) -> None:
+    args_list: list[list[Any]] = [[n] for n in range(3_000)]
+    args_list[2_500] = [UNWRITABLE[name]]
+    before = commandstats(redis)
+    with pytest.raises(TypeError, match=r"args_list\[2500\] cannot be written as JSON") as raised:
+        push_bulk("Workers::PyWorker", args_list, app=app, batch_size=1_000)
+    assert "nothing was written" in str(raised.value)
+    assert redis.keys("*") == []
+    after = commandstats(redis)
+    assert after.get("cmdstat_lpush", 0) == before.get("cmdstat_lpush", 0)  # not even tried
+
+
+@pytest.mark.parametrize("name", sorted(UNWRITABLE))
+def test_client_push_bulk_checks_every_job_before_the_first_write(
+    redis: redis_lib.Redis, name: str
+) -> None:
+    batch = [jobs.build("Hard", [n]) for n in range(3_000)]
+    batch[2_500]["args"] = [UNWRITABLE[name]]
+    with pytest.raises(TypeError, match=r"job 2500 cannot be written as JSON"):
+        Client(redis).push_bulk(batch)
+    assert redis.keys("*") == []
+
+
+def test_client_push_bulk_needs_a_queue_and_a_jid_and_writes_in_one_transaction(
+    redis: redis_lib.Redis,
+) -> None:
+    client = Client(redis)
+    no_queue = {k: v for k, v in jobs.build("Hard", [1]).items() if k != "queue"}
+    with pytest.raises(jobs.InvalidJob, match=r"job 1 has no 'queue' string; nothing was written"):
+        client.push_bulk([jobs.build("Hard", [0]), no_queue])
+    with pytest.raises(jobs.InvalidJob, match=r"job 0 has no 'jid' string"):
+        client.push_bulk([jobs.build("Hard", [0]) | {"jid": 5}])
+    assert redis.keys("*") == []
+    before = commandstats(redis)
+    jids = client.push_bulk([jobs.build("Hard", [n], queue=f"q{n % 2}") for n in range(4)])
+    after = commandstats(redis)
+    assert after["cmdstat_exec"] - before.get("cmdstat_exec", 0) == 1
+    assert {job["jid"] for q in ("q0", "q1") for job in queued(redis, q)} == set(jids)
+
+
+def test_a_redis_error_mid_call_says_which_batches_were_written(
+    app: Celery, redis: redis_lib.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The second batch has scheduled jobs, and the schedule key holds a string: Redis refuses
+    # that batch's ZADD after the first batch was written.
+    redis.set("schedule", "not a sorted set")
+    later = time.time() + 3600
+    etas = [0.0] * 1_000 + [later] * 1_000
+    with pytest.raises(redis_lib.ResponseError) as raised:
+        push_bulk(
+            "Workers::PyWorker", [[n] for n in range(2_000)], app=app, eta=etas, batch_size=1_000
+        )
+    said = "args_list[:1000] (1000 of 2000 jobs) were written"
+    assert said in caplog.text
+    if sys.version_info >= (3, 11):  # exception notes
+        assert said in " ".join(raised.value.__notes__)
+    assert [job["args"] for job in queued(redis)] == [[n] for n in range(1_000)]
+    assert redis.get("schedule") == b"not a sorted set"

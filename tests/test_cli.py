@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis as redis_lib
+from support import hostile
 from support.procs import TESTS_DIR
 from support.redis_server import free_port
 
@@ -300,3 +301,64 @@ def test_the_apps_namespace_is_used(redis: redis_lib.Redis, broker_url: str) -> 
     redis.set("yolo_app:retry", "not a sorted set")
     refused = sidekiq(broker_url, "retries", setup='{"namespace": "yolo_app"}')
     assert refused.returncode == 1 and "Redis refused: ResponseError: WRONGTYPE" in refused.stderr
+
+
+def test_hostile_members_are_listed_with_their_reason_and_never_stop_a_command(
+    redis: redis_lib.Redis, broker_url: str
+) -> None:
+    names = (
+        "lone_surrogate",
+        "surrogate_in_key",
+        "nested_100000",
+        "not_utf8",
+        "nan",
+        "args_string",
+        "retry_count_x",
+        "created_at_10_300",
+    )
+    members = [hostile.EXAMPLES[name] for name in names]
+    now = time.time()
+    for n, raw in enumerate(members):
+        redis.zadd("retry", {raw: now + 60 + n})
+        redis.zadd("schedule", {raw: now + 60 + n})
+        redis.zadd("dead", {raw: now - n})
+        redis.lpush("queue:default", raw)
+    redis.sadd("queues", "default")
+    redis.zadd(
+        "periodic",
+        {
+            b'{"name":"\\ud800","class":"A","cron":"* * * * *"}': 1800000000.0,
+            b"[" * 5_000 + b"]" * 5_000: 1800000001.0,
+            PERIODIC_DEFAULTS.encode(): 1800000060.0,
+        },
+    )
+    refused = [raw for raw in members if _refused(raw)]
+    for command in ("retries", "scheduled", "dead"):
+        text = ok(broker_url, command, "--limit", "0")
+        assert "(invalid: a string holds a lone UTF-16 surrogate" in text
+        listed = as_json(broker_url, command, "--limit", "0")
+        assert len(listed) == len(members)
+        assert [e["reason"] is not None for e in listed].count(True) == len(refused)
+        assert all(e["invalid"] == (e["reason"] is not None) for e in listed)
+    assert [q["size"] for q in as_json(broker_url, "queues")] == [len(members)]
+    assert as_json(broker_url, "stats")["retry_size"] == len(members)
+    periodic = as_json(broker_url, "periodic")
+    assert [e["invalid"] for e in periodic] == [True, True, False]
+    assert "(unreadable)" in ok(broker_url, "periodic")
+    done = as_json(broker_url, "retry-all", "retries", "--yes")
+    assert (done["moved"], done["left"]) == (len(members) - len(refused), len(refused))
+    # What is left are the members that are no job: a single retry says so and keeps them.
+    kept = sidekiq(broker_url, "retry", "ab" * 12, "--from", "retries")
+    assert kept.returncode == 1 and "is not a valid job" in kept.stderr
+    assert redis.zcard("retry") == len(refused)
+    assert f"Killed {len(refused)} jobs from retries; 0 left there." in ok(
+        broker_url, "kill-all", "retries", "--yes"
+    )
+
+
+def _refused(raw: bytes) -> bool:
+    try:
+        jobs.parse(raw)
+    except jobs.InvalidJob:
+        return True
+    return False
