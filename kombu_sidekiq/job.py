@@ -123,7 +123,8 @@ def parse(raw: bytes | str) -> Job:
     except (ValueError, UnicodeDecodeError, TypeError) as exc:
         raise InvalidJob(f"not JSON: {exc}") from None
     validate(job)
-    _check_writable(job, text)
+    # Text decoded here from UTF-8 bytes holds no lone surrogate but from an escape.
+    _check_writable(job, text, decoded=not isinstance(raw, str))
     return job  # type: ignore[no-any-return]
 
 
@@ -142,7 +143,7 @@ def _finite_float(text: str) -> float:
 _decode = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float).decode
 
 
-def _check_writable(job: Job, text: str) -> None:
+def _check_writable(job: Job, text: str, decoded: bool) -> None:
     """Refuse what parses here but could not be written back as UTF-8, or read by Ruby.
 
     Each check walks the job only when a cheap scan of the text says it could fail, so an
@@ -150,7 +151,8 @@ def _check_writable(job: Job, text: str) -> None:
     """
     if text.count("[") + text.count("{") > MAX_NESTING and _depth(job) > MAX_NESTING:
         raise InvalidJob(f"nested deeper than {MAX_NESTING} arrays or objects")
-    if ("\\ud" in text or "\\uD" in text) and _has_lone_surrogate(job):
+    escaped = "\\ud" in text or "\\uD" in text
+    if (escaped or not (decoded or text.isascii())) and _has_lone_surrogate(job):
         raise InvalidJob(
             "a string holds a lone UTF-16 surrogate (\\ud800), which UTF-8 cannot carry"
         )
