@@ -4,11 +4,12 @@ PY ?= python3
 VENV ?= .venv
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+CHAOS_ARGS ?=
 STRESS_RUNS ?= 5
 LINT_PATHS ?= kombu_sidekiq celery_sidekiq tests
 STAMP := $(VENV)/.installed
 
-.PHONY: deps venv test test-stress lint demo bench clean
+.PHONY: deps venv test test-stress lint demo bench chaos clean
 
 deps:
 	bash scripts/install-system-deps.sh
@@ -38,6 +39,12 @@ demo: deps venv
 
 bench: deps venv
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+# The chaos soak (tests/chaos.py): Python and Ruby producers, three workers, the poller and beat
+# behind a fault proxy, faults on a seeded random schedule; every job accounted for at the end.
+#   make chaos CHAOS_ARGS="--minutes 10 --seed 7"    (tests/test_chaos.py is the CI-sized run)
+chaos: deps venv
+	$(VENV)/bin/python tests/chaos.py $(CHAOS_ARGS)
 
 # The suite STRESS_RUNS times in a row while every core is kept busy (stress-ng).
 test-stress: deps venv

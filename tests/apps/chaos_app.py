@@ -9,7 +9,8 @@ not through the fault proxy the broker URL may point at, and it retries until Re
 Environment: ``BROKER_URL`` (a ``sidekiq://`` URL), ``RECORD_URL`` (``redis://``, default: the
 broker's server), ``TRANSPORT_OPTIONS`` (JSON, kombu transport options such as
 ``polling_interval`` and ``health_check_interval``), ``SIDEKIQ_SETUP`` (JSON of ``setup()``
-options), ``CHAOS_WORKER`` (a label for this worker process, recorded with each run).
+options), ``CHAOS_WORKER`` (a label for this worker process, recorded with each run),
+``CHAOS_BEAT`` (seconds: ``celery beat`` enqueues a ``Chaos::Work`` job that often).
 """
 
 from __future__ import annotations
@@ -38,6 +39,14 @@ app = Celery("chaos_app", broker=os.environ["BROKER_URL"])
 app.conf.broker_transport_options = json.loads(os.environ.get("TRANSPORT_OPTIONS") or "{}")
 celery_sidekiq.setup(app, **json.loads(os.environ.get("SIDEKIQ_SETUP") or '{"poll_interval": 1}'))
 app.conf.worker_hijack_root_logger = False
+if os.environ.get("CHAOS_BEAT"):  # celery -A chaos_app beat -S sidekiq: a job every N s
+    app.conf.beat_schedule = {
+        "chaos-tick": {
+            "task": "Chaos::Work",
+            "schedule": float(os.environ["CHAOS_BEAT"]),
+            "args": ("beat", 0, 0.0),
+        }
+    }
 
 _record_url = os.environ.get("RECORD_URL") or os.environ["BROKER_URL"].replace(
     "sidekiq://", "redis://", 1
