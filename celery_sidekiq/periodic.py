@@ -23,6 +23,16 @@ startup, saying why. An entry carries positional args, ``options={"queue": ...,
 A ``beat_schedule`` entry owns its name: when beat starts, a member with that name but other
 fields (an edited cron, new args) is replaced. Members with other names stay until
 :func:`destroy_all`. Missed fires: see :mod:`kombu_sidekiq.periodic` (``CATCH_UP``).
+
+Nothing in Redis stops beat. A bad ``beat_schedule`` entry does, at startup, naming it: that is
+the app's own code. But a member of the ZSET that cannot be read (whoever wrote it, whenever
+it arrives) is moved aside to ``periodic:invalid`` and logged once, and the entries behind it
+fire on time (see :mod:`kombu_sidekiq.periodic`). Redis itself: a lost connection (down,
+restarting, unreachable) is logged once and retried every :data:`RETRY_WAIT` seconds; an error
+reply to the ZSET's own commands (``periodic`` holding another type, a read-only replica, OOM)
+is logged once and retried every ``max_interval``; so is a failure of this code. Beat writes
+``beat_schedule`` on the first tick that reaches Redis when it could not at startup, and says
+when Redis answers again.
 """
 
 from __future__ import annotations
@@ -34,8 +44,10 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final
 
+import redis
 from celery import Celery, beat
 from celery.schedules import crontab, maybe_schedule, schedule
+from kombu.exceptions import OperationalError
 
 from kombu_sidekiq.client import Client
 from kombu_sidekiq.periodic import (
@@ -60,8 +72,12 @@ ENTRY_OPTIONS: Final = frozenset({"queue", "sidekiq_retry"})
 #: fire on time (rusty-sidekiq looks every 30 s).
 MAX_INTERVAL: Final = 5.0
 
-#: Seconds beat waits after Redis failed, before it tries again.
+#: Seconds beat waits after it lost Redis, before it tries again.
 RETRY_WAIT: Final = 1.0
+
+#: What a lost or unreachable Redis raises: redis-py's own errors (but error replies), socket
+#: errors, and kombu's OperationalError from ``ensure_connection``.
+_UNAVAILABLE: Final = (redis.ConnectionError, redis.TimeoutError, OSError, OperationalError)
 
 
 def register(
@@ -265,8 +281,10 @@ def _periodic(app: Celery) -> Iterator[Periodic]:
 class Scheduler(beat.Scheduler):  # type: ignore[misc]
     """``celery beat -S sidekiq``: fires the entries of the ``periodic`` ZSET.
 
-    Startup writes ``beat_schedule`` there (a bad entry stops beat, naming it). Each tick claims
-    every due fire, then sleeps until the earliest next one, or :data:`MAX_INTERVAL` at most.
+    Startup writes ``beat_schedule`` there (a bad entry stops beat, naming it; Redis away,
+    the first tick that reaches it does). Each tick claims every due fire, then sleeps until
+    the earliest next one, or :data:`MAX_INTERVAL` at most. A tick never raises: see the
+    module's docstring for what it does when Redis fails.
     """
 
     #: Seconds between looks when nothing is due sooner (``beat_max_loop_interval`` overrides).
@@ -276,25 +294,39 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
         self._connection: Any = None
         self._periodic: Periodic | None = None
         self._client: Any = None
+        self._unwritten: list[Entry] | None = None  # beat_schedule, until it is in Redis
+        self._trouble: str | None = None  # what the last failed tick logged
         super().__init__(app, *args, **kwargs)
 
     def setup_schedule(self) -> None:
-        entries = entries_for(self.app)
+        entries = entries_for(self.app)  # raises for a bad entry: the app's own error
+        for entry in entries:  # so does one with no fire left, here rather than at a later tick
+            if entry.schedule.next_after(time.time()) is None:
+                raise ValueError(f"beat_schedule[{entry.name!r}]: {entry.cron!r} never fires again")
+        self._unwritten = entries
+        try:
+            self._write_schedule()
+        except (redis.ResponseError, *_UNAVAILABLE) as exc:
+            self._failed(exc)  # Redis away or refusing: the first tick that reaches it writes
+
+    def _write_schedule(self) -> None:
+        entries = self._unwritten
+        if entries is None:
+            return
         periodic = self._connect()
         names = {entry.name for entry in entries}
         members = {entry.member().encode() for entry in entries}
-        stale = []
-        for member, _ in periodic.entries():
-            try:
-                old = Entry.parse(member)
-            except InvalidEntry:
-                continue
-            if old.name in names and member not in members:
-                stale.append(member)
+        # read_all moves members nobody can read aside: they are no entry, of any name.
+        stale = [
+            member
+            for member, _, old in periodic.read_all()
+            if old.name in names and member not in members
+        ]
         if stale:
             logger.info("beat: replacing %d changed periodic entries", len(stale))
             periodic.remove(*stale)
         added = sum(periodic.add(entry) for entry in entries)
+        self._unwritten = None
         logger.info(
             "beat: %d beat_schedule entries in %s (%d new)", len(entries), periodic.key, added
         )
@@ -311,6 +343,7 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:
+            self._write_schedule()
             periodic = self._connect()
             for fire in periodic.enqueue_due():
                 logger.info(
@@ -321,11 +354,36 @@ class Scheduler(beat.Scheduler):  # type: ignore[misc]
                     fire.jid,
                 )
             upcoming = periodic.next_due()
-        except Exception as exc:  # Redis away: say so, try again soon
-            logger.warning("beat: periodic ZSET unavailable: %s: %s", type(exc).__name__, exc)
-            return min(RETRY_WAIT, float(self.max_interval))
+        except Exception as exc:  # beat's loop must go on whatever failed: say so, try again
+            return self._failed(exc)
+        if self._trouble is not None:
+            logger.info("beat: %s answers again", self._periodic.key if self._periodic else "Redis")
+            self._trouble = None
         wait = float(self.max_interval) if upcoming is None else upcoming - time.time()
         return max(min(wait, float(self.max_interval)), 0.01)
+
+    def _failed(self, exc: Exception) -> float:
+        """Log a failed look at the ZSET once (until what fails changes); the seconds to wait."""
+        level, exc_info = logging.ERROR, None
+        if isinstance(exc, redis.ResponseError):  # an error reply: Redis is there, and refuses
+            what, wait = f"Redis refused a periodic command: {exc}", float(self.max_interval)
+        elif isinstance(exc, _UNAVAILABLE):  # gone for now: an outage, a restart, a failover
+            what, wait = f"periodic ZSET unavailable: {type(exc).__name__}: {exc}", RETRY_WAIT
+            level = logging.WARNING
+        else:  # a bug here: the traceback says where
+            what, wait = f"periodic tick failed: {type(exc).__name__}: {exc}", self.max_interval
+            exc_info = exc
+        wait = min(float(wait), float(self.max_interval))
+        if what != self._trouble:
+            logger.log(
+                level,
+                "beat: %s (retrying every %g s; logged again only if it changes)",
+                what,
+                wait,
+                exc_info=exc_info,
+            )
+            self._trouble = what
+        return wait
 
     def close(self) -> None:
         if self._connection is not None:
