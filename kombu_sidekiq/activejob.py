@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -302,6 +303,20 @@ class Range:
         return range(self.begin, self.end if self.exclude_end else self.end + 1)
 
 
+_BRIEF: Final = reprlib.Repr()
+_BRIEF.maxlevel = 3
+_BRIEF.maxstring = _BRIEF.maxother = 100
+
+
+def _brief(value: Any) -> str:
+    """A short repr for an error message, whatever the value: the containers of a job that
+    was never parsed may be nested too deep for ``repr``, its integers too long for ``str``."""
+    try:
+        return _BRIEF.repr(value)
+    except (RecursionError, ValueError):
+        return f"<a {type(value).__name__} too large to show>"
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -332,7 +347,7 @@ class Metadata:
     def from_job_data(cls, data: Mapping[str, Any]) -> Metadata:
         """Read ActiveJob's ``serialize`` hash (``arguments`` is ignored)."""
         if not isinstance(data, Mapping):
-            raise ActiveJobDecodeError(f"ActiveJob data must be a JSON object, not {data!r:.100}")
+            raise ActiveJobDecodeError(f"ActiveJob data must be a JSON object, not {_brief(data)}")
         known = {f for f in cls.__dataclass_fields__ if f != "extra"}
         extra = {k: v for k, v in data.items() if k not in known and k != "arguments"}
         return cls(
@@ -357,7 +372,7 @@ def _field(data: Mapping[str, Any], key: str, kind: type, required: bool = False
         return None
     if not isinstance(value, kind) or isinstance(value, bool) or (kind is str and not value):
         need = "a non-empty string" if kind is str else f"a JSON {kind.__name__}"
-        raise ActiveJobDecodeError(f"ActiveJob data: {key!r} must be {need}, not {value!r:.100}")
+        raise ActiveJobDecodeError(f"ActiveJob data: {key!r} must be {need}, not {_brief(value)}")
     return value
 
 
@@ -379,7 +394,7 @@ def parse_time(value: Any, where: str = "value") -> datetime:
     """
     match = _ISO_TIME.fullmatch(value) if isinstance(value, str) else None
     if match is None:
-        raise ActiveJobDecodeError(f"{where}: not an ISO 8601 time with an offset: {value!r:.100}")
+        raise ActiveJobDecodeError(f"{where}: not an ISO 8601 time with an offset: {_brief(value)}")
     year, month, day, hour, minute, second = (int(match[n]) for n in range(1, 7))
     micro = int((match[7] or "0")[:6].ljust(6, "0"))
     try:
@@ -439,7 +454,7 @@ def unwrap(job: Job) -> Unwrapped:
     if not (isinstance(wrapped, list) and len(wrapped) == 1 and isinstance(wrapped[0], dict)):
         raise ActiveJobDecodeError(
             f"{job.get('class')} takes one argument, ActiveJob's job data (a JSON object), "
-            f"not {wrapped!r:.200}"
+            f"not {_brief(wrapped)}"
         )
     data: dict[str, Any] = wrapped[0]
     metadata = {k: v for k, v in data.items() if k != "arguments"}
@@ -448,7 +463,7 @@ def unwrap(job: Job) -> Unwrapped:
     arguments = data.get("arguments")
     if not isinstance(arguments, list):
         raise ActiveJobDecodeError(
-            f"{job_class}: ActiveJob 'arguments' must be a JSON array, not {arguments!r:.100}"
+            f"{job_class}: ActiveJob 'arguments' must be a JSON array, not {_brief(arguments)}"
         )
     try:
         args, kwargs = decode_arguments(arguments)
@@ -463,12 +478,33 @@ def decode_arguments(arguments: Sequence[Any]) -> tuple[list[Any], dict[str, Any
     A trailing keyword-arguments hash (``_aj_ruby2_keywords``) becomes ``kwargs``, as Ruby
     splats it into keyword arguments.
     """
+    if not isinstance(arguments, (list, tuple)):
+        raise ActiveJobDecodeError(f"arguments must be a JSON array, not {_brief(arguments)}")
+    _check_nesting(arguments, "arguments")
     items = list(arguments)
     kwargs: dict[str, Any] = {}
     if items and _is_keywords_hash(items[-1]):
-        kwargs = decode_value(items.pop(), f"arguments[{len(items)}]")
-    args = [decode_value(item, f"arguments[{n}]") for n, item in enumerate(items)]
+        kwargs = _value(items.pop(), f"arguments[{len(items)}]")
+    args = [_value(item, f"arguments[{n}]") for n, item in enumerate(items)]
     return args, kwargs
+
+
+def _check_nesting(value: Any, where: str) -> None:
+    """Refuse a value nested deeper than a job may be (:data:`.job.MAX_NESTING`, Ruby's limit).
+
+    A job read from Redis never is (:func:`.job.parse` refuses it); a value handed to the decoder
+    directly might, and decoding it would exhaust Python's stack.
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, tuple, dict)):
+            if depth > jobs.MAX_NESTING:
+                raise ActiveJobDecodeError(
+                    f"{where}: nested deeper than {jobs.MAX_NESTING} arrays or objects"
+                )
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
 
 
 def _is_keywords_hash(value: Any) -> bool:
@@ -495,12 +531,17 @@ def _hash_kind(value: dict[str, Any]) -> str | None:
 
 def decode_value(value: Any, where: str = "argument") -> Any:
     """One ActiveJob-serialized value as a Python value; ``where`` names it in errors."""
+    _check_nesting(value, where)
+    return _value(value, where)
+
+
+def _value(value: Any, where: str) -> Any:
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
     if isinstance(value, list):
-        return [decode_value(item, f"{where}[{n}]") for n, item in enumerate(value)]
+        return [_value(item, f"{where}[{n}]") for n, item in enumerate(value)]
     if not isinstance(value, dict):
-        raise ActiveJobDecodeError(f"{where}: not a JSON value: {value!r:.100}")
+        raise ActiveJobDecodeError(f"{where}: not a JSON value: {_brief(value)}")
     kind = _hash_kind(value)
     if kind == GLOBALID_KEY:
         return _global_id(value[GLOBALID_KEY], where)
@@ -518,10 +559,10 @@ def _decode_hash(value: dict[str, Any], where: str) -> dict[str, Any]:
         if _truthy(flag):
             if marker != WITH_INDIFFERENT_ACCESS_KEY and not _str_list(flag):
                 raise ActiveJobDecodeError(
-                    f"{where}: {marker} must list key names, not {flag!r:.100}"
+                    f"{where}: {marker} must list key names, not {_brief(flag)}"
                 )
             break
-    return {key: decode_value(item, f"{where}[{key!r}]") for key, item in hash_.items()}
+    return {key: _value(item, f"{where}[{key!r}]") for key, item in hash_.items()}
 
 
 def _str_list(value: Any) -> bool:
@@ -540,7 +581,7 @@ def _deserialize(value: dict[str, Any], where: str) -> Any:
     decoder = _DECODERS.get(name) if isinstance(name, str) else None
     if decoder is None:
         raise ActiveJobDecodeError(
-            f"{where}: unknown ActiveJob serializer {name!r:.200}; Python reads Rails' own "
+            f"{where}: unknown ActiveJob serializer {_brief(name)}; Python reads Rails' own "
             "(Symbol, Time, TimeWithZone, DateTime, Date, Duration, BigDecimal, Range, Module), "
             "so send this value in one of those forms"
         )
@@ -550,7 +591,7 @@ def _deserialize(value: dict[str, Any], where: str) -> Any:
 def _string_value(value: dict[str, Any], where: str) -> str:
     text = value.get("value")
     if not isinstance(text, str):
-        raise ActiveJobDecodeError(f"{where}: 'value' must be a string, not {text!r:.100}")
+        raise ActiveJobDecodeError(f"{where}: 'value' must be a string, not {_brief(text)}")
     return text
 
 
@@ -573,14 +614,14 @@ def _decimal(value: dict[str, Any], where: str) -> Decimal:
     try:
         return Decimal(text)
     except InvalidOperation:
-        raise ActiveJobDecodeError(f"{where}: not a decimal number: {text!r:.100}") from None
+        raise ActiveJobDecodeError(f"{where}: not a decimal number: {_brief(text)}") from None
 
 
 def _duration(value: dict[str, Any], where: str) -> Duration:
     seconds = value.get("value")
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
-        raise ActiveJobDecodeError(f"{where}: 'value' must be a number, not {seconds!r:.100}")
-    raw_parts = decode_value(value.get("parts"), f"{where}.parts")
+        raise ActiveJobDecodeError(f"{where}: 'value' must be a number, not {_brief(seconds)}")
+    raw_parts = _value(value.get("parts"), f"{where}.parts")
     # Rails serializes the parts hash with Arguments.serialize, which maps it to [key, value]
     # pairs with symbol keys; accept a hash too, as a fixed Rails would write it.
     pairs = raw_parts.items() if isinstance(raw_parts, dict) else raw_parts
@@ -590,15 +631,15 @@ def _duration(value: dict[str, Any], where: str) -> Duration:
             raise ValueError("part values must be numbers")
         return Duration(seconds, parts)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise ActiveJobDecodeError(f"{where}: bad parts {raw_parts!r:.100}: {exc}") from None
+        raise ActiveJobDecodeError(f"{where}: bad parts {_brief(raw_parts)}: {exc}") from None
 
 
 def _range(value: dict[str, Any], where: str) -> Range:
-    exclude_end = decode_value(value.get("exclude_end"), f"{where}.exclude_end")
+    exclude_end = _value(value.get("exclude_end"), f"{where}.exclude_end")
     if not isinstance(exclude_end, bool):
         raise ActiveJobDecodeError(f"{where}: 'exclude_end' must be true or false")
-    begin = decode_value(value.get("begin"), f"{where}.begin")
-    return Range(begin, decode_value(value.get("end"), f"{where}.end"), exclude_end)
+    begin = _value(value.get("begin"), f"{where}.begin")
+    return Range(begin, _value(value.get("end"), f"{where}.end"), exclude_end)
 
 
 def _symbol(value: dict[str, Any], where: str) -> str:

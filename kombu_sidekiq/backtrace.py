@@ -33,13 +33,19 @@ def compress(lines: list[str]) -> str:
     return base64.b64encode(zlib.compress(serialized.encode("utf-8"))).decode("ascii")
 
 
+#: The most bytes an ``error_backtrace`` may inflate to. Sidekiq stores a few hundred lines at
+#: most; the cap keeps a few kilobytes of Base64 from inflating to gigabytes in a reader.
+MAX_INFLATED = 1 << 24
+
+
 def decompress(value: Any) -> list[str]:
     """The lines of an ``error_backtrace`` written by any Sidekiq version.
 
-    Accepts strict and MIME Base64, and the raw JSON array that Sidekiq < 6 stored.
+    Accepts strict and MIME Base64, and the raw JSON array that Sidekiq < 6 stored. Whatever
+    the value, it returns lines that can be written as UTF-8, or raises :class:`InvalidBacktrace`.
     """
     if isinstance(value, list):
-        return [str(line) for line in value]
+        return _lines(value)
     if not isinstance(value, str):
         raise InvalidBacktrace(
             f"error_backtrace is a string or an array, not {type(value).__name__}"
@@ -47,12 +53,42 @@ def decompress(value: Any) -> list[str]:
     try:
         # MIME Base64 differs from strict only by its newlines, which b64decode refuses.
         packed = base64.b64decode("".join(value.split()), validate=True)
-        lines = json.loads(zlib.decompress(packed))
-    except (binascii.Error, zlib.error, ValueError) as exc:
+        inflater = zlib.decompressobj()
+        text = inflater.decompress(packed, MAX_INFLATED)
+        if inflater.unconsumed_tail:
+            raise InvalidBacktrace(f"error_backtrace inflates to more than {MAX_INFLATED} bytes")
+        if not inflater.eof:
+            raise zlib.error("incomplete or truncated stream")
+        lines = json.loads(text)
+    except (binascii.Error, zlib.error, ValueError, RecursionError) as exc:
+        if isinstance(exc, InvalidBacktrace):
+            raise
         raise InvalidBacktrace(f"error_backtrace is not zlib + Base64 JSON: {exc}") from None
     if not isinstance(lines, list):
         raise InvalidBacktrace("error_backtrace does not hold a JSON array")
-    return [str(line) for line in lines]
+    return _lines(lines)
+
+
+def _lines(items: list[Any]) -> list[str]:
+    """Each item as a line of text that UTF-8 can carry.
+
+    A JSON string may hold a lone surrogate escape (``"\\ud800"``), which no Sidekiq writes and
+    UTF-8 cannot carry: it is replaced, as Sidekiq scrubs invalid bytes. A line that is not a
+    string is shown as Python prints it; one nested too deep to print makes the value invalid.
+    """
+    try:
+        lines = [item if isinstance(item, str) else str(item) for item in items]
+    except RecursionError:
+        raise InvalidBacktrace("error_backtrace holds values nested too deep to print") from None
+    return [_scrub(line) for line in lines]
+
+
+def _scrub(line: str) -> str:
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return line.encode("utf-8", "replace").decode("utf-8")
+    return line
 
 
 def lines_of(exc: BaseException, limit: int | None = None) -> list[str]:

@@ -244,7 +244,18 @@ def _split_body(body: Any) -> tuple[list[Any] | tuple[Any, ...], dict[str, Any],
     if not isinstance(body, (list, tuple)) or len(body) != 3:
         raise CodecError("not a Celery protocol-2 body [args, kwargs, embed]: set task_protocol=2")
     args, kwargs, embed = body
-    return args, kwargs or {}, embed or {}
+    kwargs, embed = kwargs or {}, embed or {}
+    if (
+        not isinstance(args, (list, tuple))
+        or not isinstance(kwargs, dict)
+        or not isinstance(embed, dict)
+    ):
+        raise CodecError(
+            "not a Celery protocol-2 body [args, kwargs, embed]: args must be a list, kwargs and "
+            f"embed objects, not {type(args).__name__}, {type(kwargs).__name__}, "
+            f"{type(embed).__name__}"
+        )
+    return args, kwargs, embed
 
 
 def _extension(
@@ -307,43 +318,68 @@ def retry_job(carried: str, body: Any) -> Job:
         job[EXTENSION_KEY] = ext
     else:
         job.pop(EXTENSION_KEY, None)
+    _check_writable(job)
     return job
 
 
+def _check_writable(job: Job) -> None:
+    """Refuse a job that could not be written back and read again (:func:`.job.parse`).
+
+    The arguments of a retry come from the task (``retry(args=...)``), so they may be values
+    JSON lacks (dates decoded by kombu's JSON), strings UTF-8 cannot carry or nest deeper than
+    Ruby reads: saying so here names the job, where the Redis write would fail obscurely.
+    """
+    try:
+        jobs.parse(jobs.dumps(job).encode("utf-8"))
+    except (TypeError, ValueError, RecursionError) as exc:  # InvalidJob, UnicodeError too
+        reason = exc.reason if isinstance(exc, jobs.InvalidJob) else f"{type(exc).__name__}: {exc}"
+        raise CodecError(f"the retry of job {job.get('jid')} cannot be written: {reason}") from None
+
+
 def message_from_job(job: Job, raw: str, queue: str, registry: Registry) -> dict[str, Any]:
-    """The kombu envelope a consumer receives for ``job`` (read from ``raw``) on ``queue``."""
+    """The kombu envelope a consumer receives for ``job`` (read from ``raw``) on ``queue``.
+
+    Nothing here may raise: a worker calls it after the job left its queue. The extension key
+    is anybody's to write (a hand-written job, a buggy producer), so each of its values is used
+    only when it has the type Celery gives it; any other value is ignored and the header keeps
+    its default, because Celery's worker fails on most of them (``int()`` of the retries, the
+    unpacking of the time limits), or the task's canvas would, after it ran.
+    """
     ext = job.get(EXTENSION_KEY)
     if not isinstance(ext, dict):
         ext = {}
-    task_id = str(ext.get("id") or job.get("jid") or uuid.uuid4())
-    retry_count = job.get("retry_count")
-    retries = retry_count + 1 if isinstance(retry_count, int) else 0
+    task_id = _text(ext.get("id")) or _text(job.get("jid")) or str(uuid.uuid4())
+    retry_count = _count(job.get("retry_count"), low=-1)  # -1: the UI's "Retry now" decrements
+    retries = 0 if retry_count is None else retry_count + 1
     headers: dict[str, Any] = {
         "lang": "py" if ext else "rb",
         "task": registry.task_for(job["class"]),
         "id": task_id,
-        "root_id": ext.get("root_id", task_id),
-        "parent_id": ext.get("parent_id"),
-        "group": ext.get("group"),
-        "group_index": ext.get("group_index"),
-        "retries": max(int(ext.get("retries") or 0), retries),
-        "timelimit": ext.get("timelimit", [None, None]),
+        "root_id": _text(ext.get("root_id")) or task_id,
+        "parent_id": _text(ext.get("parent_id")),
+        "group": _text(ext.get("group")),
+        "group_index": _count(ext.get("group_index")),
+        "retries": max(_count(ext.get("retries")) or 0, retries),
+        "timelimit": _timelimit(ext.get("timelimit")),
         "eta": None,
-        "expires": ext.get("expires"),
-        "shadow": ext.get("shadow"),
-        "origin": ext.get("origin"),
+        "expires": _text(ext.get("expires")),  # Celery parses it, and refuses a bad one itself
+        "shadow": _text(ext.get("shadow")),
+        "origin": _text(ext.get("origin")),
     }
-    for key in ("ignore_result", "stamped_headers", "stamps", "replaced_task_nesting"):
-        if key in ext:
+    for key, valid in _OPTIONAL_HEADERS.items():
+        if key in ext and valid(ext[key]):
             headers[key] = ext[key]
     extra_headers = ext.get("headers")
     if isinstance(extra_headers, dict):
-        headers.update(extra_headers)
-    embed = {key: ext.get(key) for key in _EMBED_KEYS}
+        # The writer never puts Celery's own headers here; a job that does must not override
+        # the ones read (and checked) above.
+        headers.update({k: v for k, v in extra_headers.items() if k not in _OWN_HEADERS})
+    embed = {key: _signatures(key, ext.get(key)) for key in _EMBED_KEYS}
     kwargs = ext.get("kwargs") if isinstance(ext.get("kwargs"), dict) else {}
     body = json.dumps([job["args"] or [], kwargs, embed])
     if job["class"] in UNWRAPPERS:
         body = _unwrap(job, embed, headers, registry) or body
+    reply_to = ext.get("reply_to")
     return {
         "body": body,
         "content-encoding": "utf-8",
@@ -351,7 +387,7 @@ def message_from_job(job: Job, raw: str, queue: str, registry: Registry) -> dict
         "headers": headers,
         "properties": {
             "correlation_id": task_id,
-            "reply_to": ext.get("reply_to", ""),
+            "reply_to": reply_to if isinstance(reply_to, str) else "",
             "delivery_mode": 2,
             "delivery_info": {"exchange": "", "routing_key": queue},
             "priority": 0,
@@ -360,6 +396,63 @@ def message_from_job(job: Job, raw: str, queue: str, registry: Registry) -> dict
             RAW_JOB_PROPERTY: raw,
         },
     }
+
+
+#: The largest count or index read from a job: past 2**53 the JSON readers of Ruby, Rust and
+#: Python disagree, and nobody retried a job that often.
+_COUNT_MAX: Final = 2**53
+
+#: The largest time limit read from a job, in seconds (about 31 years): a larger one would
+#: overflow the pool's timers.
+_SECONDS_MAX: Final = 1e9
+
+
+def _text(value: Any) -> str | None:
+    """A non-empty string, or None for anything else."""
+    return value if isinstance(value, str) and value else None
+
+
+def _count(value: Any, low: int = 0) -> int | None:
+    """An integer from ``low`` to :data:`_COUNT_MAX`, or None for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= _COUNT_MAX:
+        return value
+    return None
+
+
+def _seconds(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value if 0 <= value <= _SECONDS_MAX else None
+    return None
+
+
+def _timelimit(value: Any) -> list[float | None]:
+    """``[soft, hard]`` seconds, each None for no limit, as Celery's Request unpacks it."""
+    if isinstance(value, list) and len(value) == 2:
+        return [_seconds(value[0]), _seconds(value[1])]
+    return [None, None]
+
+
+def _signatures(key: str, value: Any) -> Any:
+    """A canvas entry as Celery's tracer reads it after the task ran: the chord a signature
+    (an object), the callbacks, errbacks and chain lists of them; None for anything else."""
+    if key == "chord":
+        return value if isinstance(value, dict) else None
+    if isinstance(value, list) and all(isinstance(item, dict) for item in value):
+        return value or None
+    return None
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+#: Headers copied only when the job carries them, each with the type Celery reads.
+_OPTIONAL_HEADERS: Final[dict[str, Callable[[Any], bool]]] = {
+    "ignore_result": lambda value: isinstance(value, bool),
+    "stamped_headers": _strings,
+    "stamps": lambda value: isinstance(value, dict),
+    "replaced_task_nesting": lambda value: _count(value) is not None,
+}
 
 
 def _unwrap(
