@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
@@ -155,9 +156,20 @@ def _client(ctx: click.Context) -> Client:
 
 def _emit(ctx: click.Context, as_json: bool, data: Any, text: str | Callable[[], str]) -> None:
     if as_json:
-        click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+        click.echo(json.dumps(_finite(data), indent=2, ensure_ascii=False, default=str))
     else:
         _echo(ctx, text() if callable(text) else text)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity (a score Redis accepts) as null: JSON has none."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _echo(ctx: click.Context, text: str) -> None:
@@ -233,8 +245,13 @@ def _when(moment: datetime | None) -> str:
     return f"{moment.strftime('%Y-%m-%d %H:%M:%S')} ({relative})"
 
 
-def _from_score(score: float) -> datetime:
-    return datetime.fromtimestamp(score, timezone.utc)
+def _from_score(score: float) -> datetime | None:
+    """The moment a score stands for; None for one no calendar holds (``+inf``: a periodic
+    entry with no fire left, or a score somebody else wrote)."""
+    try:
+        return datetime.fromtimestamp(score, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def _latency(seconds: float) -> str:
@@ -469,7 +486,8 @@ def periodic_entries(client: Client) -> list[dict[str, Any]]:
     entries = []
     for member, score in cast(list[tuple[bytes, float]], reply):
         text = member.decode("utf-8", "replace") if isinstance(member, bytes) else str(member)
-        at = _from_score(score).isoformat().replace("+00:00", "Z")
+        moment = _from_score(score)
+        at = moment.isoformat().replace("+00:00", "Z") if moment is not None else None
         base = {"score": score, "next_at": at, "member": text}
         try:
             entry = _printable_json(text)
