@@ -32,6 +32,10 @@ Options (all keyword-only):
                      ``PayloadTooLarge``, a worker moves a bigger job untouched to the dead set.
 ``death_handlers``   (default ()) callables ``(job, exc)`` run when a job's retries are over
                      (dead, or discarded), as sidekiq.rb's ``config.death_handlers``.
+``failures``         (default "auto") how a failed job ends: "auto" Sidekiq's way (retry set,
+                     then dead) for jobs from Sidekiq producers and tasks that ask for Sidekiq
+                     retries, Celery's way (FAILURE, errbacks; the job in dead) for the
+                     rest; "sidekiq" or "celery" for every job (see ``celery_sidekiq.retry``).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ from kombu_sidekiq.transport import SUPPORTED_VERSIONS, authentication_failure
 from .heartbeat import DEFAULT_BEAT_INTERVAL, HeartbeatStep
 from .middleware import Middleware, check
 from .producer import install as install_producer
-from .registry import CeleryRegistry
+from .registry import FAILURE_MODES, CeleryRegistry
 from .retry import (
     DEFAULT_MAX_RETRIES,
     UNKNOWN_CLASS_MODES,
@@ -87,6 +91,7 @@ class Config:
     middleware: tuple[Middleware, ...] = ()
     max_payload_bytes: int = 0
     death_handlers: tuple[DeathHandler, ...] = ()
+    failures: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "middleware", check(self.middleware))  # a list is fine too
@@ -100,6 +105,13 @@ class Config:
             raise ValueError(f"setup(max_retries={self.max_retries!r}): use a whole number >= 0")
         if self.max_retries < 0:
             raise ValueError(f"setup(max_retries={self.max_retries!r}): use a whole number >= 0")
+        if self.failures not in FAILURE_MODES:
+            raise ValueError(
+                f"setup(failures={self.failures!r}): use 'auto' (Sidekiq's retries for jobs "
+                "from Sidekiq producers and tasks that ask for them, Celery's failures for the "
+                "rest), 'sidekiq' (retry set, then dead, for every job) or 'celery' (FAILURE "
+                "and errbacks for every job whose task asks for no Sidekiq retries)"
+            )
         if self.unknown_class not in UNKNOWN_CLASS_MODES:
             raise ValueError(
                 f"setup(unknown_class={self.unknown_class!r}): use 'retry' (fail as sidekiq.rb "
@@ -162,7 +174,7 @@ def setup(app: Celery, **options: Any) -> Celery:
     conf.task_reject_on_worker_lost = True
     if conf.task_default_queue == "celery":  # Celery's default; Sidekiq's is "default"
         conf.task_default_queue = config.default_queue
-    registry = CeleryRegistry(app)
+    registry = CeleryRegistry(app, config.failures)
     processor = Processor(
         app,
         registry,
@@ -171,6 +183,7 @@ def setup(app: Celery, **options: Any) -> Celery:
         unknown_class=config.unknown_class,
         middleware=config.middleware,
         death_handlers=config.death_handlers,
+        failures=config.failures,
     )
     transport_options = dict(conf.broker_transport_options or {})
     transport_options.update(

@@ -28,11 +28,21 @@ TASK_OPTIONS: Final = frozenset(
 PLAIN_TASK_OPTIONS: Final = ("unique_for", "unique_until")
 
 
-class CeleryRegistry:
-    """The :class:`kombu_sidekiq.codec.Registry` of one Celery app."""
+#: What ``setup(failures=...)`` accepts; see :mod:`celery_sidekiq.retry`.
+FAILURE_MODES: Final = ("auto", "celery", "sidekiq")
 
-    def __init__(self, app: Celery) -> None:
+
+class CeleryRegistry:
+    """The :class:`kombu_sidekiq.codec.Registry` of one Celery app.
+
+    ``failures`` is ``setup(failures=...)``: with ``"sidekiq"`` every job is written to fail
+    Sidekiq's way; otherwise a task that asks for no Sidekiq retries gets a job that fails
+    Celery's way (``JobOptions.celery_failures``).
+    """
+
+    def __init__(self, app: Celery, failures: str = "auto") -> None:
         self.app = app
+        self.failures = failures
         self._classes: dict[str, str] = {}
         self._seen = -1
         register_wrapper_tasks(app)  # the tasks of ActiveJob jobs that cannot be unwrapped
@@ -58,11 +68,13 @@ class CeleryRegistry:
         if task is None:
             return JobOptions(klass=task_name, local=False)
         options = sidekiq_options(task)
+        celery_way = "retry" not in options and self.failures != "sidekiq"
         return JobOptions(
             klass=getattr(task, "sidekiq_class", None) or task_name,
             retry=options.pop("retry", True),
             local=True,
             extra=options,
+            celery_failures=celery_way,
         )
 
 
@@ -78,6 +90,8 @@ def sidekiq_options(task: Any) -> dict[str, Any]:
     for name in PLAIN_TASK_OPTIONS:  # also plain task options: @app.task(unique_for=3600)
         if getattr(task, name, None) is not None:
             options.setdefault(name, getattr(task, name))
+    if getattr(task, "sidekiq_retry", None) is not None:  # @app.task(sidekiq_retry=5)
+        options.setdefault("retry", task.sidekiq_retry)
     retry = options.get("retry", True)
     if isinstance(retry, bool) or (isinstance(retry, int) and retry >= 0):
         return options
@@ -85,3 +99,12 @@ def sidekiq_options(task: Any) -> dict[str, Any]:
         f"task {task.name!r}: sidekiq_options retry must be true, false or a count >= 0, "
         f"not {retry!r}"
     )
+
+
+def asks_for_sidekiq_retries(task: Any) -> bool:
+    """Whether a task asks for Sidekiq's retries (``sidekiq_options={"retry": ...}`` or
+    ``sidekiq_retry=...``): its jobs then fail Sidekiq's way whoever wrote them."""
+    try:
+        return "retry" in sidekiq_options(task)
+    except ValueError:  # refused where its jobs are written; here, it asked for retries
+        return True

@@ -1,6 +1,24 @@
-"""Sidekiq's retry semantics for the jobs a Celery worker runs: the ``retry`` and ``dead`` sets.
+"""What a failure does to the job a Celery worker runs: Sidekiq's way, or Celery's.
 
-When a task run from a Sidekiq job raises, the job goes back to Redis the way sidekiq.rb's
+Two kinds of job, two contracts (the README's table has the whole rule):
+
+* **Sidekiq's way**: a job from a Sidekiq producer (Ruby, Rust, a hand-written job, ``send_task``
+  to a class with no Python task, ``push_bulk``), or for a task that asks for Sidekiq retries
+  (``sidekiq_options={"retry": ...}``, ``@app.task(sidekiq_retry=...)``, ``apply_async(
+  sidekiq_retry=...)``): the rules below, as sidekiq.rb's ``JobRetry`` applies them;
+* **Celery's way**: a job a Celery producer wrote for a task that asked for nothing of the
+  kind (it carries ``"celery": {"failures": "celery"}`` and ``retry: 0``). An exception is a
+  FAILURE: Celery stores it, runs errbacks, ``link_error``, chain and chord error handling;
+  ``self.retry`` and ``autoretry_for`` are Celery's own (a new message, due when Celery says,
+  within ``max_retries``); and the job is in ``dead`` with Sidekiq's failure fields (retry it
+  from the Web UI to run it again; ``dead: false`` keeps it out), as its ``retry: 0`` tells a
+  Ruby consumer to do too.
+
+``setup(failures=...)`` changes the rule for a whole app: ``"auto"`` (the default, as above),
+``"sidekiq"`` (every job Sidekiq's way, and producers write ``retry: true`` jobs), ``"celery"``
+(every job Celery's way, Ruby's too, unless its task asks for Sidekiq retries).
+
+Sidekiq's way: when a task raises, the job goes back to Redis the way sidekiq.rb's
 ``JobRetry`` puts it there, so the Web UI's Retries and Dead tabs (and their "Retry now",
 "Kill", "Delete") work on Python failures as on Ruby ones:
 
@@ -77,13 +95,20 @@ from celery.signals import task_received
 from kombu_sidekiq import backtrace
 from kombu_sidekiq import job as jobs
 from kombu_sidekiq.client import Client
-from kombu_sidekiq.codec import RAW_JOB_PROPERTY, RETRY_JOB_PROPERTY, UNWRAPPERS, Registry
+from kombu_sidekiq.codec import (
+    RAW_JOB_PROPERTY,
+    RETRY_JOB_PROPERTY,
+    UNWRAPPERS,
+    Registry,
+    fails_the_celery_way,
+)
 from kombu_sidekiq.divert import Divert
 from kombu_sidekiq.fetch import Destination, settle
 from kombu_sidekiq.job import Job
 from kombu_sidekiq.transport import INFLIGHT_PROPERTY, TAG_PROPERTY
 
 from .middleware import Chain, Middleware
+from .registry import asks_for_sidekiq_retries
 from .unique import release_dead
 
 logger = logging.getLogger(__name__)
@@ -423,10 +448,12 @@ class UnknownClass:
         mode: str,
         retrier: JobRetry,
         death_handlers: tuple[DeathHandler, ...] = (),
+        failures: str = "auto",
     ) -> None:
         self.app = app
         self.registry = registry
         self.mode = mode
+        self.failures = failures
         self.retrier = retrier
         self.death_handlers = death_handlers
         self.active = False
@@ -448,6 +475,10 @@ class UnknownClass:
             return None
         if self.mode == "requeue":
             return self.requeue(queue, job, raw)
+        if self.failures != "sidekiq" and (self.failures == "celery" or fails_the_celery_way(job)):
+            # Celery's way: Celery's consumer stores the FAILURE (NotRegistered) and rejects
+            # the message, which puts the job in `dead`.
+            return None
         return self.fail(queue, job, klass)
 
     @staticmethod
@@ -555,12 +586,22 @@ class Processor:
         unknown_class: str = "retry",
         middleware: tuple[Middleware, ...] = (),
         death_handlers: tuple[DeathHandler, ...] = (),
+        failures: str = "auto",
     ) -> None:
         self.app = app
         self.chain = Chain(middleware)
         self.retrier = JobRetry(version, max_retries)
         self.death_handlers = death_handlers
-        self.unknown = UnknownClass(app, registry, unknown_class, self.retrier, death_handlers)
+        self.failures = failures
+        self.unknown = UnknownClass(
+            app, registry, unknown_class, self.retrier, death_handlers, failures
+        )
+
+    def celery_way(self, task: Any, job: Job) -> bool:
+        """Whether ``job``, run by ``task``, fails Celery's way (see the module docstring)."""
+        if self.failures == "sidekiq" or (task is not None and asks_for_sidekiq_retries(task)):
+            return False
+        return self.failures == "celery" or fails_the_celery_way(job)
 
     def install(self) -> None:
         """Wrap every task of the app (idempotent; run again for tasks registered later)."""
@@ -605,11 +646,14 @@ class Processor:
             raise  # Retry (self.retry stored it already), Ignore, Reject: not failures
         except Exception as exc:
             failure = Failure.of(exc)
+            job = jobs.parse(execution.raw)
+            # Celery's way: the failure is final (Celery stores FAILURE and runs the errbacks
+            # once this re-raises), so the job dies now; Sidekiq's way: its `retry` decides.
             verdict = self.retrier.decide(
-                jobs.parse(execution.raw),
+                job,
                 failure,
                 execution.queue,
-                exhausted=execution.exhausted,
+                exhausted=execution.exhausted or self.celery_way(task, job),
                 hooks=Hooks.of(task),
             )
             self._store(task.app, verdict, failure, execution.held)  # Reject if refused
@@ -627,12 +671,17 @@ class Processor:
         sees the job in the message properties and writes it, with its failure fields, to
         ``retry`` at that ETA instead of writing a new job to ``schedule``.
         """
+        job = jobs.parse(execution.raw)
+        if self.celery_way(task, job):
+            # Celery's own retry: a new message (a job in `schedule`, or in its queue), due
+            # when Celery says; the job that ran is acknowledged once the task returns. Over
+            # max_retries, Celery raises and the failure is final (process, above).
+            return retry(*args, **kwargs)
         options = _retry_arguments(args, kwargs)
         exc = options["exc"] if options["exc"] is not None else sys.exc_info()[1]
         if not isinstance(exc, BaseException):
             when = options["eta"] or options["countdown"]
             exc = Retry(exc, when=task.default_retry_delay if when is None else when)
-        job = jobs.parse(execution.raw)
         record_failure(job, Failure.of(exc), execution.queue, self.retrier.version)
         if kwargs.get("queue"):  # self.retry(queue=...) moves the job, as Celery would
             job["queue"] = kwargs["queue"]
@@ -716,8 +765,9 @@ class Processor:
         exc = TimeLimitExceeded(timeout)
         failure = Failure(qualified_name(TimeLimitExceeded), f"TimeLimitExceeded({timeout})", exc)
         hooks = NO_HOOKS if task is None else Hooks.of(task)
+        job = jobs.parse(execution.raw)
         verdict = self.retrier.decide(
-            jobs.parse(execution.raw), failure, execution.queue, hooks=hooks
+            job, failure, execution.queue, exhausted=self.celery_way(task, job), hooks=hooks
         )
         try:
             self._store(self.app, verdict, failure, execution.held)

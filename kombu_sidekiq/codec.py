@@ -31,6 +31,17 @@ from .job import Job
 #: shows them in the Web UI as "Extras"; Ruby code never reads this one.
 EXTENSION_KEY: Final = "celery"
 
+#: The key, in the extension key, of a job that fails Celery's way: ``"celery": {"failures":
+#: "celery"}``. Celery producers write it for tasks that asked for no Sidekiq retries; a job
+#: without it (Ruby, Rust, ``push_bulk``, a task with Sidekiq retry options) fails Sidekiq's way.
+FAILURES_KEY: Final = "failures"
+
+#: The ``retry`` written into a job that fails Celery's way, for whoever runs it: 0, no
+#: retries, dead at the first failure, which is what a Celery worker does with it (a FAILURE,
+#: and the job in ``dead``); Celery's own retries (``self.retry``, ``autoretry_for``) are new
+#: messages, not Sidekiq retries.
+CELERY_WAY_RETRY: Final = 0
+
 #: The message property carrying the original job JSON of a consumed job.
 RAW_JOB_PROPERTY: Final = "sidekiq_job"
 
@@ -96,6 +107,10 @@ class JobOptions:
     retry: bool | int = True
     local: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The job fails Celery's way (FAILURE, errbacks), not Sidekiq's: it is written with
+    #: :data:`FAILURES_KEY` in its extension key and ``retry`` = :data:`CELERY_WAY_RETRY`,
+    #: unless the call names a Sidekiq ``retry`` (``apply_async(sidekiq_retry=...)``).
+    celery_failures: bool = False
 
 
 class Registry(Protocol):
@@ -118,6 +133,18 @@ class ClassRegistry:
 
     def job_options(self, task_name: str) -> JobOptions:
         return JobOptions(klass=task_name)
+
+
+def fails_the_celery_way(job: Job) -> bool:
+    """Whether a Celery producer wrote ``job`` to fail Celery's way (:data:`FAILURES_KEY`).
+
+    >>> fails_the_celery_way({"class": "A", "celery": {"failures": "celery"}})
+    True
+    >>> fails_the_celery_way({"class": "A", "celery": {"id": "x"}})
+    False
+    """
+    ext = job.get(EXTENSION_KEY)
+    return isinstance(ext, dict) and ext.get(FAILURES_KEY) == "celery"
 
 
 def is_task_message(message: dict[str, Any]) -> bool:
@@ -208,9 +235,12 @@ def job_from_task(
             extra["retry_for"] = jobs.retry_for_seconds(extra["retry_for"])
     except ValueError as exc:
         raise CodecError(f"task {options.klass!r}: {exc}") from None
+    retry = props.get("sidekiq_retry")
+    if retry is None and options.celery_failures:
+        extension[FAILURES_KEY] = "celery"
+        retry = CELERY_WAY_RETRY
     if extension:
         extra[EXTENSION_KEY] = extension
-    retry = props.get("sidekiq_retry")
     return jobs.build(
         options.klass,
         list(args),
