@@ -226,6 +226,7 @@ class Summary:
     duplicates: int = 0  # job ids that ran more than once
     duplicates_after_kill: int = 0
     duplicates_unexplained: int = 0
+    unexplained_by_gap: dict[str, int] = field(default_factory=dict)
     unexplained: list[dict[str, Any]] = field(default_factory=list)
     uncertain: int = 0  # pushes that raised
     uncertain_ran: int = 0
@@ -247,7 +248,8 @@ class Summary:
             f"countdown); {self.runs} runs of {self.ran} distinct jobs",
             f"  lost      {self.lost} {self.lost_ids[:10]}",
             f"  twice     {self.duplicates} jobs ran more than once: {self.duplicates_after_kill} "
-            f"after a worker was killed (allowed), {self.duplicates_unexplained} unexplained",
+            f"after a worker was killed (allowed), {self.duplicates_unexplained} unexplained "
+            f"{self.unexplained_by_gap or ''}",
             f"  uncertain {self.uncertain} pushes raised ({self.uncertain_ran} of them ran); "
             f"{self.unknown_ran} unannounced jobs ran",
             f"  faults    {sum(self.faults.values())}: {faults}",
@@ -639,6 +641,15 @@ class Chaos:
                 summary.duplicates_after_kill += 1
                 continue
             summary.duplicates_unexplained += 1
+            gap = job_runs[1]["t"] - job_runs[0]["t"]
+            if gap < 2:
+                why = "again within 2 s (put back while it ran?)"
+            elif gap >= SETUP["fetch_lease"] * 0.75:
+                why = "again after about a lease (its ack lost, recovered?)"
+            else:
+                why = "again after 2 s to 3/4 of a lease"
+            by_gap = summary.unexplained_by_gap
+            by_gap[why] = by_gap.get(why, 0) + 1
             if len(summary.unexplained) < 50:
                 summary.unexplained.append(
                     {

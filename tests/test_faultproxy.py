@@ -106,20 +106,20 @@ def test_replies_are_delayed_in_order(proxy: FaultProxy) -> None:
     assert 0.3 <= took < 1.5  # 40 replies arriving together wait 300 ms together, not 40 times
     started = time.monotonic()
     client.ping()
-    assert time.monotonic() - started < 0.2  # removed: no delay any more
+    assert time.monotonic() - started < 0.25  # removed: no delay any more
     assert proxy.counters.delayed >= 40
 
 
 def test_a_delay_can_apply_to_one_command_only(proxy: FaultProxy) -> None:
     client = through(proxy, timeout=5)
     client.ping()
-    rule = proxy.delay(400, r"GET\b")
+    rule = proxy.delay(800, r"GET\b")
     started = time.monotonic()
     client.ping()
-    assert time.monotonic() - started < 0.2
+    assert time.monotonic() - started < 0.5  # not a match (generous: a busy CI machine)
     started = time.monotonic()
     client.get("x")
-    assert time.monotonic() - started >= 0.4
+    assert time.monotonic() - started >= 0.8
     proxy.remove(rule)
     assert rule.hits == 1
 
