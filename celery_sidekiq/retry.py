@@ -117,6 +117,10 @@ logger = logging.getLogger(__name__)
 #: (26 executions in all, about 20 days).
 DEFAULT_MAX_RETRIES: Final = 25
 
+#: The largest ``retry_count`` written back: a count past it (another writer's) is exhausted
+#: anyway, and ``count + 1`` must stay an integer every reader takes (2**53: a JSON double).
+MAX_RETRY_COUNT: Final = 2**53 - 1
+
 #: Sidekiq keeps this many characters of the exception message.
 MAX_ERROR_MESSAGE: Final = 10_000
 
@@ -181,6 +185,8 @@ def out_of_retries(job: Job, count: int, limit: int, version: int, now: float) -
     window = job.get("retry_for")
     if version < 7 or isinstance(window, bool) or not isinstance(window, (int, float)):
         return count >= limit
+    # Sidekiq's client refuses a longer window; clamped, a huge one cannot overflow the sum.
+    window = max(-jobs.RETRY_FOR_MAX, min(window, jobs.RETRY_FOR_MAX))
     first = jobs.to_epoch_seconds(job.get("failed_at"))
     over = first is not None and first + window < now
     return over if version >= 8 else over or count >= limit
@@ -224,12 +230,17 @@ def record_failure(job: Job, failure: Failure, queue: str, version: int) -> int:
 
     ``queue`` is the queue the job was read from; a ``retry_queue`` overrides it.
     """
-    job["queue"] = job.get("retry_queue") or queue
+    retry_queue = job.get("retry_queue")
+    # A retry_queue that is no queue name (another writer's bug) must not make the job
+    # unreadable: it is retried in the queue it came from.
+    job["queue"] = retry_queue if isinstance(retry_queue, str) and retry_queue else queue
     job["error_message"] = failure.message
     job["error_class"] = failure.error_class
     now = jobs.now_timestamp(version)
     count = job.get("retry_count")
     if isinstance(count, int) and not isinstance(count, bool):
+        # A count past any real one stays writable (JSON integers of 4,300 digits are not).
+        count = min(count, MAX_RETRY_COUNT)
         # The UI's "Retry now" decrements it first, so -1 is a valid value here.
         job["retried_at"] = now
         job["retry_count"] = count = count + 1

@@ -91,7 +91,10 @@ def to_epoch_seconds(value: Any) -> float | None:
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value / 1000.0
+        try:
+            return value / 1000.0
+        except OverflowError:  # past a double: no moment anybody meant
+            return None
     if isinstance(value, float):
         return value / 1000.0 if value >= _MS_THRESHOLD else value
     return None

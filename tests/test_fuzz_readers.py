@@ -5,9 +5,8 @@ and what it returns can be written back (``job.dumps(...).encode("utf-8")``). A 
 a job after the job left its queue, so an exception of any other kind there loses or wedges
 the job ("nothing lost, nothing wedged").
 
-Bugs found in modules other readers own are pinned as ``xfail`` examples (``BUGS_ELSEWHERE``)
-and kept out of the properties until fixed; an ``XPASS`` means one was fixed: drop its marker
-and its exclusion.
+Bugs found in modules other readers own are kept as examples (``FOUND_ELSEWHERE``)
+and all of them are fixed now; each example must pass.
 """
 
 from __future__ import annotations
@@ -333,12 +332,7 @@ def test_a_value_nested_past_rubys_limit_is_a_decode_error_not_a_recursion_error
 # -- job.to_epoch_seconds -------------------------------------------------------------------------
 
 
-def holds_a_float(value: Any) -> bool:
-    """False for an integer no double holds (BUGS_ELSEWHERE: to_epoch_seconds raises on it)."""
-    return not (type(value) is int and abs(value) > 2**1000)
-
-
-@given(fuzzing.hostile_values(writable=True).filter(holds_a_float))
+@given(fuzzing.hostile_values(writable=True))
 @FUZZ
 def test_to_epoch_seconds_of_any_json_value_is_a_finite_float_or_none(value: Any) -> None:
     seconds = jobs.to_epoch_seconds(value)
@@ -346,16 +340,6 @@ def test_to_epoch_seconds_of_any_json_value_is_a_finite_float_or_none(value: Any
 
 
 # -- celery_sidekiq.retry: the failure fields and the verdict, on hostile jobs ----------------------
-
-#: Keys whose huge integers or wrong types the retry rules do not survive yet (BUGS_ELSEWHERE).
-_RETRY_NUMBERS = ("retry_count", "retry_for", "failed_at", "retried_at", "retry")
-
-
-def retry_rules_survive(job: dict[str, Any]) -> bool:
-    queue = job.get("retry_queue")
-    if queue and not isinstance(queue, str):
-        return False
-    return not any(type(job.get(key)) is int and abs(job[key]) > 2**53 for key in _RETRY_NUMBERS)
 
 
 @given(
@@ -369,7 +353,7 @@ def test_the_retry_rules_record_a_failure_that_writes_back_and_reads_again(
     job: dict[str, Any], version: int, exhausted: bool, keep: bool
 ) -> None:
     read = parsed(fuzzing.encode(job))
-    if read is None or not retry_rules_survive(read):
+    if read is None:
         return
     failure = Failure("ValueError", "boom", ValueError("boom"))
     recorded = dict(read)
@@ -444,14 +428,10 @@ def test_a_truncated_backtrace_is_invalid() -> None:
         backtrace.decompress(packed(b'["a"]', False, 4))
 
 
-# -- found by fuzzing in modules owned elsewhere: pinned until fixed ----------------------------------
+# -- found by fuzzing in job.py and retry.py, fixed: each must now pass ----------------------------------
 
 BIG = 10**400
-BUGS_ELSEWHERE = [
-    pytest.param(
-        lambda: jobs.dumps(jobs.parse('{"class":"A","args":["\ud800"]}')).encode("utf-8"),
-        id="job.parse(str) keeps a literal lone surrogate (only escapes are checked)",
-    ),
+FOUND_ELSEWHERE = [
     pytest.param(
         lambda: jobs.to_epoch_seconds(
             jobs.parse('{"class":"A","args":[],"created_at":1' + "0" * 400 + "}")["created_at"]
@@ -505,9 +485,11 @@ BUGS_ELSEWHERE = [
 ]
 
 
-@pytest.mark.xfail(
-    reason="found by tests/test_fuzz_readers.py; reported to the owner", strict=False
-)
-@pytest.mark.parametrize("call", BUGS_ELSEWHERE)
-def test_bugs_found_elsewhere(call: Any) -> None:
+@pytest.mark.parametrize("call", FOUND_ELSEWHERE)
+def test_bugs_found_elsewhere_are_fixed(call: Any) -> None:
     call()
+
+
+def test_a_literal_lone_surrogate_in_a_str_is_refused_too() -> None:
+    with pytest.raises(jobs.InvalidJob, match="surrogate"):
+        jobs.parse('{"class":"A","args":["\ud800"]}')
