@@ -65,6 +65,7 @@ from .retry import (
     Processor,
     attach,
 )
+from .running import RunningTasks
 from .scheduled import DEFAULT_POLL_INTERVAL, PollerStep
 from .unique import install as install_unique
 
@@ -193,6 +194,7 @@ def setup(app: Celery, **options: Any) -> Celery:
         sidekiq_intake=processor.unknown,
         fetch_lease=config.fetch_lease,
         fetch_max_recoveries=config.max_recoveries,
+        sidekiq_running=RunningTasks(),
         max_payload_bytes=config.max_payload_bytes,
     )
     conf.broker_transport_options = transport_options

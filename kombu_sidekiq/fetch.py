@@ -112,6 +112,9 @@ RECOVERIES_TTL: Final = 24 * 3600
 #: What a poison job records in the dead set, for the Web UI's Dead tab.
 POISON_ERROR_CLASS: Final = "CelerySidekiq::PoisonJob"
 
+#: Seconds between two tries, after the stop, to settle what the worker still held.
+DRAIN_INTERVAL: Final = 0.5
+
 #: Seconds between two log lines about one unusable key (it is met on every fetch).
 UNUSABLE_LOG_INTERVAL: Final = 60.0
 
@@ -182,6 +185,7 @@ class ReliableFetch:
         self._sweep = False
         self._reported: dict[str, float] = {}
         self._queues: set[str] = set()
+        self._named: set[tuple[str, int]] = set()  # running jobs logged at the stop
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -334,20 +338,29 @@ class ReliableFetch:
         with self._lock:
             self._acks.append((queue, tag, payload))
             self._held.get(queue, {}).pop(tag, None)
-        if self._stopped.is_set():  # no fetch will come to carry it
-            self.flush_acks()
+        if self._stopped.is_set() and self._thread is None:  # nothing will come to carry it
+            try:
+                self.flush_acks()
+            except redis.RedisError as exc:
+                logger.warning("could not acknowledge a job after the stop: %s", exc)
 
-    def flush_acks(self) -> None:
-        """Delete the acknowledged fields now (no fetch will carry them)."""
+    def flush_acks(self, client: Client | None = None) -> None:
+        """Delete the acknowledged fields now (no fetch will carry them). If Redis cannot be
+        reached, the acks are kept for the next try: a lost ack would run its job again."""
         with self._lock:
             if self._doubtful:
                 return  # give_back decides which still hold their job
             acks, self._acks = self._acks, []
         if acks:
-            with self.client.redis.pipeline(transaction=False) as pipe:
-                for queue, tag, _ in acks:
-                    pipe.hdel(self.inflight(queue), str(tag))
-                pipe.execute()
+            try:
+                with (client or self.client).redis.pipeline(transaction=False) as pipe:
+                    for queue, tag, _ in acks:
+                        pipe.hdel(self.inflight(queue), str(tag))
+                    pipe.execute()
+            except BaseException:
+                with self._lock:
+                    self._acks = acks + self._acks
+                raise
 
     def settle(
         self,
@@ -368,7 +381,7 @@ class ReliableFetch:
             self._held.get(queue, {}).pop(tag, None)
         return settle(self.client, self.inflight(queue), tag, queue, to, payload, at=at)
 
-    def give_back(self) -> int:
+    def give_back(self, client: Client | None = None) -> int:
         """Put back at the head of their queues, in one step per call, every job this worker
         holds in Redis that no task of it holds: what a lost reply took, what landed after a
         cancel, what a failed move left. Acknowledged fields still holding their job are
@@ -394,7 +407,7 @@ class ReliableFetch:
                 args.insert(args[0], "")
             args += [index[queue], tag, "" if payload is None else payload]
         try:
-            reply = _call_once(self.client.redis, GIVEBACK, keys, args)
+            reply = _call_once((client or self.client).redis, GIVEBACK, keys, args)
         except BaseException:
             with self._lock:
                 self._doubtful = acks + self._doubtful
@@ -465,33 +478,74 @@ class ReliableFetch:
             self._thread.start()
 
     def stop(self) -> None:
-        """Stop the thread; give back at once every job no task holds; release the lease if
-        nothing is left in flight.
+        """Stop consuming: give back at once every job no task holds, and release the lease
+        once nothing is left in flight.
 
-        What a task still runs (or what Redis refused to take back) keeps its registry entry,
-        so recovery returns it once the lease expires; the log names each.
+        A job a task still runs (its connection was lost, and the task goes on), an ack that
+        Redis did not take yet, a give-back Redis refused: until each is settled, the lease
+        thread goes on in the background, renewing the lease (so nobody else runs those jobs)
+        and trying again, and then releases everything. If the process dies first, its lease
+        expires and recovery returns what is left.
         """
         self._stopped.set()
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
+        if self._release(self.client):
+            self._close_background()
+            return
+        self._thread = threading.Thread(target=self._drain, name="sidekiq-lease", daemon=True)
+        self._thread.start()
+
+    def _release(self, client: Client) -> bool:
+        """Give back and release what can be; True once nothing is left in flight."""
         try:
-            self.give_back()
+            self.give_back(client)
             with self._lock:
                 running = {queue: dict(tags) for queue, tags in self._held.items() if tags}
+                unsettled = bool(self._acks or self._doubtful)
             for queue in self._queues - set(running):
-                self.client.redis.hdel(self.registry, self.inflight(queue))
-            if running:
-                for queue, tags in running.items():
-                    for payload in tags.values():
-                        logger.warning(
-                            "queue %r: job %s still running at stop; back when the lease "
-                            "expires", queue, _describe(payload),
-                        )  # fmt: skip
-            else:
-                self.client.redis.delete(self.lease_key)
+                client.redis.hdel(self.registry, self.inflight(queue))
+            if running or unsettled:
+                self._log_running(running)
+                return False
+            client.redis.delete(self.lease_key)
+            return True
         except redis.RedisError as exc:
-            logger.warning("could not give back held jobs or release the lease: %s", exc)
+            logger.warning("could not give back held jobs or release the lease yet: %s", exc)
+            return False
+
+    def _log_running(self, running: dict[str, dict[int, str | bytes]]) -> None:
+        for queue, tags in running.items():
+            for tag, payload in tags.items():
+                if (queue, tag) not in self._named:
+                    self._named.add((queue, tag))
+                    logger.warning(
+                        "queue %r: job %s still running at stop; this worker keeps it until "
+                        "it ends (or recovery returns it if the worker dies)",
+                        queue, _describe(payload),
+                    )  # fmt: skip
+
+    def _drain(self) -> None:
+        # After the stop: the lease stays alive while jobs are left, and each round tries to
+        # settle them; the background client is out of reach of kombu's cleanup.
+        while True:
+            time.sleep(DRAIN_INTERVAL)
+            try:
+                self.refresh(self.background)
+            except redis.RedisError as exc:
+                logger.warning("fetch lease: %s: %s", type(exc).__name__, exc)
+                continue
+            try:
+                self.flush_acks(self.background)
+            except redis.RedisError:
+                continue
+            if self._release(self.background):
+                logger.info("every job held at the stop is settled; lease released")
+                self._close_background()
+                return
+
+    def _close_background(self) -> None:
         if self.background is not self.client:
             self.background.redis.close()
 

@@ -34,7 +34,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from queue import Empty
 from typing import Any, Final
 
@@ -115,15 +115,27 @@ class QoS(virtual.QoS):  # type: ignore[misc]
         return self._delivered.get(delivery_tag)
 
     def restore_unacked(self) -> list[Any]:
+        """Put back the delivered jobs no task runs, when the channel closes (a warm stop, or
+        a lost connection); a job a task is still running stays in flight, held, and its
+        ack, when the task ends, still reaches Redis (the fetch's lease outlives the channel
+        until then). Nothing that fails here is lost: it stays in this worker's in-flight
+        hash, and the fetch gives it back later (or recovery does, if the worker dies).
+        """
+        self._flush()
         try:
             self.channel._flush_acks()
-            return super().restore_unacked()  # type: ignore[no-any-return]
-        except self.channel.connection_errors as exc:
-            # They are safe in this worker's in-flight lists; once its lease expires, any
-            # worker's recovery puts them back. No emergency dump of what is not lost.
-            logger.warning("could not requeue held jobs now (%s); recovery will", exc)
-            self._delivered.clear()
-            return []
+        except Exception as exc:
+            logger.warning("could not send the last acks now (%s); sent later", exc)
+        running = self.channel.sidekiq_running
+        for delivery_tag, message in list(self._delivered.items()):
+            if running is not None and running(message):
+                continue  # its task acks it later, through this QoS
+            del self._delivered[delivery_tag]
+            try:
+                self.channel._restore(message)
+            except Exception as exc:
+                logger.warning("could not requeue a held job now (%s); given back later", exc)
+        return []
 
     def restore_visible(self, *args: Any, **kwargs: Any) -> None:
         """No visibility timeout: jobs come back when their worker's lease expires."""
@@ -158,6 +170,11 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     #: (``None``: a quarter of the lease, at most ``DEFAULT_RECOVER_INTERVAL``).
     fetch_recover_interval: float | None = None
 
+    #: Says whether a delivered message's task is running now (``running(message)``): at a
+    #: close such a job stays in flight for its task to ack, instead of going back to its
+    #: queue to run a second time. ``celery_sidekiq`` asks Celery's worker state.
+    sidekiq_running: Callable[[Any], bool] | None = None
+
     #: How many times a job may be recovered from dead workers before it is taken for poison
     #: and goes to the dead set (Sidekiq Pro's super_fetch has the same check); 0: no limit.
     fetch_max_recoveries = DEFAULT_MAX_RECOVERIES
@@ -175,6 +192,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         "fetch_lease",
         "fetch_recover_interval",
         "fetch_max_recoveries",
+        "sidekiq_running",
         "max_payload_bytes",
     )
 
