@@ -96,6 +96,7 @@ from kombu_sidekiq import backtrace
 from kombu_sidekiq import job as jobs
 from kombu_sidekiq.client import Client
 from kombu_sidekiq.codec import (
+    EXTENSION_KEY,
     RAW_JOB_PROPERTY,
     RETRY_JOB_PROPERTY,
     UNWRAPPERS,
@@ -653,6 +654,10 @@ class Processor:
             if not self.chain:
                 return final()
             return self.chain.invoke(jobs.parse(execution.raw), final)
+        except Reject as exc:
+            if getattr(exc, "requeue", False) and execution.held is not None:
+                self._requeue(task, execution, execution.held)
+            raise  # Celery rejects the message: a no-op once the job is back in its queue
         except TaskPredicate:
             raise  # Retry (self.retry stored it already), Ignore, Reject: not failures
         except Exception as exc:
@@ -672,6 +677,23 @@ class Processor:
                 # Celery then records state RETRY and runs no errbacks: the job is not done.
                 raise Retry(exc=exc, when=verdict.delay) from exc
             raise
+
+    def _requeue(self, task: Any, execution: _Execution, held: InFlight) -> None:
+        """``Reject(requeue=True)`` from a task whose job fails Celery's way: the job goes back
+        to its queue (behind the waiting jobs, where kombu's requeue puts a message) marked
+        ``redelivered``, which its next run sees in ``request.delivery_info``, as on Celery's
+        own transports. A Sidekiq job goes back unchanged (Celery's reject does that)."""
+        job = jobs.parse(execution.raw)
+        if not self.celery_way(task, job):
+            return
+        ext = job.get(EXTENSION_KEY)
+        job[EXTENSION_KEY] = {**(ext if isinstance(ext, dict) else {}), "redelivered": True}
+        try:
+            with task.app.pool.acquire(block=True) as connection:
+                client = connection.default_channel.sidekiq
+                settle(client, held.key, held.tag, execution.queue, "tail", jobs.dumps(job))
+        except Exception as exc:  # still in flight: Celery's reject requeues it unmarked
+            logger.warning("could not requeue job %s marked redelivered: %s", job.get("jid"), exc)
 
     def retry(
         self, task: Any, execution: _Execution, retry: Callable[..., Any], *args: Any, **kwargs: Any

@@ -312,7 +312,33 @@ def _extension(
     ext.update({key: embed[key] for key in _EMBED_KEYS if embed.get(key)})
     if props.get("reply_to"):
         ext["reply_to"] = props["reply_to"]
+    priority = _count(props.get("priority"))
+    if priority is not None and priority <= _PRIORITY_MAX:
+        ext["priority"] = priority
+    # Message properties a job has no slot for (apply_async(app_id=...), message_id, ...),
+    # kept when they are plain JSON values, so the task's request.properties shows them.
+    carried = {
+        k: v
+        for k, v in props.items()
+        if k not in _NOT_CARRIED and v is not None and jobs.is_plain_json(v)
+    }
+    if carried:
+        ext["properties"] = carried
     return ext
+
+
+#: The largest message priority (AMQP's 0-255; Celery uses 0-9).
+_PRIORITY_MAX: Final = 255
+
+#: Message properties the job holds elsewhere (or that mean nothing in Redis): never carried
+#: in the extension key's ``properties``.
+_NOT_CARRIED: Final = frozenset(
+    {
+        "correlation_id", "reply_to", "priority", "delivery_mode", "delivery_info",
+        "delivery_tag", "body_encoding", "sidekiq_retry", RAW_JOB_PROPERTY, RETRY_JOB_PROPERTY,
+        "sidekiq_tag", "sidekiq_inflight", *CALL_OPTIONS,
+    }
+)  # fmt: skip
 
 
 def _meaningful(key: str, value: Any, task_id: str) -> bool:
@@ -410,21 +436,32 @@ def message_from_job(job: Job, raw: str, queue: str, registry: Registry) -> dict
     if job["class"] in UNWRAPPERS:
         body = _unwrap(job, embed, headers, registry) or body
     reply_to = ext.get("reply_to")
+    properties: dict[str, Any] = {}
+    carried = ext.get("properties")
+    if isinstance(carried, dict):
+        properties.update((k, v) for k, v in carried.items() if k not in _NOT_CARRIED)
+    priority = _count(ext.get("priority"))
+    delivery_info: dict[str, Any] = {"exchange": "", "routing_key": queue}
+    if ext.get("redelivered") is True:  # a task's Reject(requeue=True) sent it back
+        delivery_info["redelivered"] = True
+    properties.update(
+        {
+            "correlation_id": task_id,
+            "reply_to": reply_to if isinstance(reply_to, str) else "",
+            "delivery_mode": 2,
+            "delivery_info": delivery_info,
+            "priority": priority if priority is not None and priority <= _PRIORITY_MAX else 0,
+            "body_encoding": None,
+            "delivery_tag": str(uuid.uuid4()),
+            RAW_JOB_PROPERTY: raw,
+        }
+    )
     return {
         "body": body,
         "content-encoding": "utf-8",
         "content-type": "application/json",
         "headers": headers,
-        "properties": {
-            "correlation_id": task_id,
-            "reply_to": reply_to if isinstance(reply_to, str) else "",
-            "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": 0,
-            "body_encoding": None,
-            "delivery_tag": str(uuid.uuid4()),
-            RAW_JOB_PROPERTY: raw,
-        },
+        "properties": properties,
     }
 
 

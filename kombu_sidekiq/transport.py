@@ -707,6 +707,8 @@ class Producer(kombu.Producer):  # type: ignore[misc]
         if args or not isinstance(channel, Channel) or not self._direct(body, options):
             return super().publish(body, *args, **options)
         properties = {k: v for k, v in options.items() if k not in _PUBLISH_OPTIONS}
+        if options.get("priority") is not None:  # a property, as kombu's envelope has it
+            properties["priority"] = options["priority"]
         write = self._put_task
         if options.get("retry"):
             policy = options.get("retry_policy") or {}

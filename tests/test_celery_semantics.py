@@ -250,3 +250,26 @@ def test_an_unknown_class_sent_the_celery_way_is_a_failure_too(
     assert type(raised.value).__name__ == "NotRegistered"
     in_dead(redis, res.id)
     assert redis.zcard("retry") == 0
+
+
+def test_message_properties_priority_and_redelivered_survive_the_job(
+    sem: ModuleType, worker: Any, redis: redis_lib.Redis
+) -> None:
+    plain = sem.properties.apply_async(app_id="1234", message_id="m-1", priority=7)
+    assert plain.get(timeout=TIMEOUT) == {
+        "app_id": "1234",
+        "message_id": "m-1",
+        "priority": 7,
+        "retries": 0,
+    }
+    # Celery's retry republishes with the request's priority, as on its own transports.
+    retried = sem.properties.apply_async((True,), priority=3)
+    assert retried.get(timeout=TIMEOUT)["priority"] == 3
+    assert retried.get(timeout=TIMEOUT)["retries"] == 1
+    assert sem.properties.delay().get(timeout=TIMEOUT)["priority"] == 0  # none given
+    # What the job holds for it, in its celery key (Ruby ignores it).
+    sem.properties.apply_async(priority=9, app_id="x", countdown=3600)
+    (member,) = redis.zrange("schedule", 0, -1)
+    job = json.loads(member)
+    assert (job["celery"]["priority"], job["celery"]["properties"]) == (9, {"app_id": "x"})
+    assert sem.redelivered.delay().get(timeout=TIMEOUT) == "second-pass"

@@ -114,3 +114,26 @@ def sidekiq_retry(self: Any) -> None:
     """Asks for Sidekiq's retries with the task option sidekiq_retry."""
     record(self)
     raise ValueError("retried by sidekiq too")
+
+
+@app.task(shared=False, bind=True, name="sem.properties", max_retries=1)
+def properties(self: Any, retry: bool = False) -> dict[str, Any]:
+    """Returns what the message brought (its properties, priority, redelivered), after one
+    Celery retry when asked."""
+    if retry and not self.request.retries:
+        raise self.retry(countdown=0.1)
+    props = self.request.properties or {}
+    return {
+        "app_id": props.get("app_id"),
+        "message_id": props.get("message_id"),
+        "priority": self.request.delivery_info.get("priority"),
+        "retries": self.request.retries,
+    }
+
+
+@app.task(shared=False, bind=True, name="sem.redelivered", acks_late=True)
+def redelivered(self: Any) -> str:
+    """Celery's own integration test: Reject(requeue=True) unless the message is redelivered."""
+    if not self.request.delivery_info.get("redelivered"):
+        raise Reject("first delivery", requeue=True)
+    return "second-pass"
