@@ -162,9 +162,12 @@ def backoff(
     """
     if base is None:
         base = count**4 + 15
+    # A count below 0 comes from a job whose retry_count the UI's "Retry now" took under -1
+    # (or a hand-written one): its jitter is the first failure's, not an empty range.
+    spread = max(count, 0) + 1
     if version >= 8:
-        return base + rand(10 * (count + 1))
-    return base + rand(10) * (count + 1)
+        return base + rand(10 * spread)
+    return base + rand(10) * spread
 
 
 def retry_limit(retry: bool | int, max_retries: int) -> int:
