@@ -9,7 +9,7 @@ STRESS_RUNS ?= 5
 LINT_PATHS ?= kombu_sidekiq celery_sidekiq tests
 STAMP := $(VENV)/.installed
 
-.PHONY: deps venv test test-stress lint demo bench fuzz chaos clean
+.PHONY: deps venv test test-stress lint demo bench fuzz chaos celery-suite clean
 
 deps:
 	bash scripts/install-system-deps.sh
@@ -56,6 +56,12 @@ test-stress: deps venv
 fuzz: deps venv
 	$(VENV)/bin/python -c 'import atheris' 2>/dev/null || $(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[fuzz]'
 	$(VENV)/bin/python fuzz/run.py $(FUZZ_ARGS)
+
+# Celery's own integration suite (t/integration of the installed Celery's sdist, from PyPI)
+# on sidekiq://, with reruns of flaky tests as Celery's CI has them; about 25 minutes.
+#   make celery-suite CELERY_SUITE_ARGS="-x -k chord"   CELERY_SUITE_BROKER=redis: the native run
+celery-suite: deps venv
+	PYTHON=$(VENV)/bin/python bash scripts/celery-suite.sh $(CELERY_SUITE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis tests/artifacts

@@ -75,6 +75,7 @@ class CeleryRegistry:
             local=True,
             extra=options,
             celery_failures=celery_way,
+            ignore_result=bool(getattr(task, "ignore_result", False)),
         )
 
 

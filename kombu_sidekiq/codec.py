@@ -111,6 +111,9 @@ class JobOptions:
     #: :data:`FAILURES_KEY` in its extension key and ``retry`` = :data:`CELERY_WAY_RETRY`,
     #: unless the call names a Sidekiq ``retry`` (``apply_async(sidekiq_retry=...)``).
     celery_failures: bool = False
+    #: The task's own ``ignore_result``: a call's ``ignore_result=False`` is written only when
+    #: it overrides a task that ignores its results (the header is left out otherwise).
+    ignore_result: bool = False
 
 
 class Registry(Protocol):
@@ -235,6 +238,8 @@ def job_from_task(
             extra["retry_for"] = jobs.retry_for_seconds(extra["retry_for"])
     except ValueError as exc:
         raise CodecError(f"task {options.klass!r}: {exc}") from None
+    if headers.get("ignore_result") is False and options.ignore_result:
+        extension["ignore_result"] = False  # apply_async(ignore_result=False) wins, as in Celery
     retry = props.get("sidekiq_retry")
     if retry is None and options.celery_failures:
         extension[FAILURES_KEY] = "celery"
@@ -312,6 +317,8 @@ def _extension(
     ext.update({key: embed[key] for key in _EMBED_KEYS if embed.get(key)})
     if props.get("reply_to"):
         ext["reply_to"] = props["reply_to"]
+    if _iso(headers.get("eta")) is not None:  # request.eta, once the job is due
+        ext["eta"] = headers["eta"]
     priority = _count(props.get("priority"))
     if priority is not None and priority <= _PRIORITY_MAX:
         ext["priority"] = priority
@@ -417,7 +424,7 @@ def message_from_job(job: Job, raw: str, queue: str, registry: Registry) -> dict
         "group_index": _count(ext.get("group_index")),
         "retries": max(_count(ext.get("retries")) or 0, retries),
         "timelimit": _timelimit(ext.get("timelimit")),
-        "eta": None,
+        "eta": _eta(ext.get("eta")),
         "expires": _text(ext.get("expires")),  # Celery parses it, and refuses a bad one itself
         "shadow": _text(ext.get("shadow")),
         "origin": _text(ext.get("origin")),
@@ -484,6 +491,29 @@ def _count(value: Any, low: int = 0) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and low <= value <= _COUNT_MAX:
         return value
     return None
+
+
+def _eta(value: Any) -> str | None:
+    """An ISO 8601 time Celery's worker can parse (it raises on anything else), or None.
+
+    The job reaches a worker once the poller moved it from ``schedule``, so the time is past
+    and the task runs at once; ``request.eta`` shows when it was due, as on Celery's transports.
+    A time still ahead (the Web UI's "Add to queue" ran it early) is left out: Celery's worker
+    would hold the job in memory until then, and the job was asked to run now.
+    """
+    when = _iso(value)
+    return value if when is not None and when <= datetime.now(timezone.utc) else None
+
+
+def _iso(value: Any) -> datetime | None:
+    """An ISO 8601 string as an aware datetime (naive: UTC, as Celery writes it), or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
 
 
 def _seconds(value: Any) -> float | None:

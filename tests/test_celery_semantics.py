@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import time
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -273,3 +274,17 @@ def test_message_properties_priority_and_redelivered_survive_the_job(
     job = json.loads(member)
     assert (job["celery"]["priority"], job["celery"]["properties"]) == (9, {"app_id": "x"})
     assert sem.redelivered.delay().get(timeout=TIMEOUT) == "second-pass"
+
+
+def test_a_countdown_runs_on_time_not_at_the_next_poll(
+    sem: ModuleType, celery_worker: Any, result_url: str, redis: redis_lib.Redis
+) -> None:
+    # Polls every 1.5 to 4.5 s: the poll before the job is due sees it coming and wakes for it.
+    celery_worker(
+        app_module="semantics_app",
+        env={"RESULT_BACKEND": result_url, "SIDEKIQ_SETUP": json.dumps({"poll_interval": 3})},
+    )
+    sent = time.monotonic()
+    res = sem.add.apply_async((1, 2), countdown=10)
+    assert res.get(timeout=TIMEOUT) == 3
+    assert 9.5 <= time.monotonic() - sent <= 11.0
