@@ -532,8 +532,10 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
     def _ack_job(self, message: Any) -> None:
         job = self._job_of(message)
-        if job is not None:
-            self.fetcher.ack(*job)
+        if job is not None and self._fetch is not None:
+            # Not the ``fetcher`` property: after a close (a task acking once the connection
+            # was lost) it would build a client on a pool kombu has dropped.
+            self._fetch.ack(*job)
 
     def _flush_acks(self) -> None:
         if self._fetch is not None:
@@ -707,8 +709,6 @@ class Producer(kombu.Producer):  # type: ignore[misc]
         if args or not isinstance(channel, Channel) or not self._direct(body, options):
             return super().publish(body, *args, **options)
         properties = {k: v for k, v in options.items() if k not in _PUBLISH_OPTIONS}
-        if options.get("priority") is not None:  # a property, as kombu's envelope has it
-            properties["priority"] = options["priority"]
         write = self._put_task
         if options.get("retry"):
             policy = options.get("retry_policy") or {}
