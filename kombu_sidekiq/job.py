@@ -131,19 +131,26 @@ def parse(raw: bytes | str) -> Job:
     return job  # type: ignore[no-any-return]
 
 
-def _refuse_constant(name: str) -> Any:
-    raise InvalidJob(f"not JSON: {name} is no JSON number")
+class NotAJSONNumber(ValueError):
+    """NaN, Infinity or a number past a double: JSON has none, and Ruby and serde_json refuse
+    them, so whatever holds one could not be written back."""
 
 
-def _finite_float(text: str) -> float:
+def refuse_constant(name: str) -> Any:
+    """``parse_constant`` for a strict ``json.JSONDecoder``: NaN and Infinity are refused."""
+    raise NotAJSONNumber(f"{name} is no JSON number")
+
+
+def finite_float(text: str) -> float:
+    """``parse_float`` for a strict ``json.JSONDecoder``: ``1e400`` is refused, not infinity."""
     value = float(text)
     if not math.isfinite(value):  # 1e400: Python would write it back as Infinity
-        raise InvalidJob(f"the number {text[:40]} is out of range")
+        raise NotAJSONNumber(f"the number {text[:40]} is out of range")
     return value
 
 
 #: One decoder for every job (``json.loads`` with options builds a new one per call).
-_decode = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float).decode
+_decode = json.JSONDecoder(parse_constant=refuse_constant, parse_float=finite_float).decode
 
 
 def _check_writable(job: Job, text: str, decoded: bool) -> None:
@@ -152,7 +159,7 @@ def _check_writable(job: Job, text: str, decoded: bool) -> None:
     Each check walks the job only when a cheap scan of the text says it could fail, so an
     ordinary job costs two ``str.count`` calls and two ``in`` tests.
     """
-    if text.count("[") + text.count("{") > MAX_NESTING and _depth(job) > MAX_NESTING:
+    if text.count("[") + text.count("{") > MAX_NESTING and depth(job) > MAX_NESTING:
         raise InvalidJob(f"nested deeper than {MAX_NESTING} arrays or objects")
     escaped = "\\ud" in text or "\\uD" in text
     if (escaped or not (decoded or text.isascii())) and _has_lone_surrogate(job):
@@ -175,8 +182,8 @@ def _walk(value: Any) -> Iterator[tuple[Any, int]]:
                 stack.append((child, depth + 1))
 
 
-def _depth(value: Any) -> int:
-    """Arrays and objects nested in ``value``, counting itself."""
+def depth(value: Any) -> int:
+    """Arrays and objects nested in ``value``, counting itself; a loop, not recursion."""
     return max(depth for item, depth in _walk(value) if isinstance(item, (list, dict)))
 
 

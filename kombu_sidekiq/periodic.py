@@ -466,24 +466,13 @@ def _object(pairs: list[tuple[str, Any]]) -> _Object:
     return found
 
 
-def _refuse_constant(name: str) -> Any:
-    raise InvalidEntry(f"not JSON: {name} is no JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e400: it would be written back as Infinity
-        raise InvalidEntry(f"the number {text[:40]} is out of range")
-    return value
-
-
 #: The decoders of members and of their args: NaN, Infinity, -Infinity and numbers too large
 #: for a double refused (serde_json and Ruby refuse them); a member's objects keep note of
 #: repeated keys, while args are plain JSON, read as job.parse reads them (the last one wins).
 _MEMBER: Final = json.JSONDecoder(
-    object_pairs_hook=_object, parse_constant=_refuse_constant, parse_float=_finite_float
+    object_pairs_hook=_object, parse_constant=jobs.refuse_constant, parse_float=jobs.finite_float
 )
-_ARGS: Final = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite_float)
+_ARGS: Final = json.JSONDecoder(parse_constant=jobs.refuse_constant, parse_float=jobs.finite_float)
 
 
 def _decode(raw: object, what: str, decoder: json.JSONDecoder = _MEMBER) -> Any:
@@ -505,23 +494,9 @@ def _decode(raw: object, what: str, decoder: json.JSONDecoder = _MEMBER) -> Any:
             raise
         raise InvalidEntry(f"{what} is not JSON: {_cut(str(exc))}") from None
     # Only a text with that many brackets can be that deep: most members skip the walk.
-    if text.count("[") + text.count("{") > MAX_NESTING and _depth(value) > MAX_NESTING:
+    if text.count("[") + text.count("{") > MAX_NESTING and jobs.depth(value) > MAX_NESTING:
         raise InvalidEntry(f"{what} is nested deeper than {MAX_NESTING} levels")
     return value
-
-
-def _depth(value: Any) -> int:
-    """Arrays and objects nested in ``value``, counting itself; a loop, not recursion."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (list, dict)):
-            deepest = max(deepest, depth)
-            stack.extend(
-                (child, depth + 1) for child in (item.values() if isinstance(item, dict) else item)
-            )
-    return deepest
 
 
 def _args(text: str) -> list[Any]:
