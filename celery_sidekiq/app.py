@@ -32,6 +32,18 @@ Options (all keyword-only):
                      ``PayloadTooLarge``, a worker moves a bigger job untouched to the dead set.
 ``death_handlers``   (default ()) callables ``(job, exc)`` run when a job's retries are over
                      (dead, or discarded), as sidekiq.rb's ``config.death_handlers``.
+``queue_order``      (default "strict", Sidekiq's) how a worker orders its queues on each
+                     fetch: "strict" (the order of ``-Q``, or of ``queues``: a later queue only
+                     while the earlier ones are empty), "weighted" (``queue_weights``: a queue
+                     comes first weight/total of the time) or "random" (every weight 1).
+``queue_weights``    (default none) ``{queue: weight}`` for the weighted order (whole numbers
+                     >= 1; a consumed queue not listed weighs 1); alone, it means "weighted".
+``queues``           (default none) Sidekiq's notation, one ``"name"`` or ``"name,weight"`` per
+                     queue (``["critical,3", "default,2", "low,1"]``, as ``sidekiq -q
+                     critical,3 -q default,2 -q low,1``): the queues a worker consumes unless
+                     ``-Q`` says otherwise, and their order as Sidekiq reads it (no weights:
+                     strict; all 1: random; else weighted). The worker command also takes it:
+                     ``celery -A proj worker -q critical,3 -q default,2 -q low,1``.
 ``failures``         (default "auto") how a failed job ends: "auto" Sidekiq's way (retry set,
                      then dead) for jobs from Sidekiq producers and tasks that ask for Sidekiq
                      retries, Celery's way (FAILURE, errbacks; the job in dead) for the
@@ -40,8 +52,10 @@ Options (all keyword-only):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +65,7 @@ from kombu.exceptions import OperationalError
 
 from kombu_sidekiq.fetch import DEFAULT_LEASE, DEFAULT_MAX_RECOVERIES
 from kombu_sidekiq.job import DEFAULT_SIDEKIQ_VERSION
+from kombu_sidekiq.order import MODES, QueueOrder
 from kombu_sidekiq.transport import SUPPORTED_VERSIONS, authentication_failure
 
 from .heartbeat import DEFAULT_BEAT_INTERVAL, HeartbeatStep
@@ -83,6 +98,9 @@ class Config:
     poll_interval: float = DEFAULT_POLL_INTERVAL
     poller: bool = True
     default_queue: str = "default"
+    queue_order: str | None = None
+    queue_weights: Mapping[str, int] | None = None
+    queues: tuple[str, ...] = ()
     fetch_lease: float = DEFAULT_LEASE
     max_recoveries: int = DEFAULT_MAX_RECOVERIES
     heartbeat: bool = True
@@ -146,6 +164,65 @@ class Config:
         cap = self.max_payload_bytes
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
             raise ValueError(f"setup(max_payload_bytes={cap!r}): use a byte count, 0 for no cap")
+        if not isinstance(self.queues, str):  # a string is refused, with the fix, below
+            object.__setattr__(self, "queues", tuple(self.queues or ()))
+        self.order  # noqa: B018  (checks queue_order, queue_weights and queues)
+
+    @property
+    def order(self) -> QueueOrder:
+        """The queue order these options say (``kombu_sidekiq.order``)."""
+        return queue_order(self.queue_order, self.queue_weights, self.queues)
+
+
+def queue_order(
+    mode: str | None, weights: Mapping[str, int] | None, queues: Any = ()
+) -> QueueOrder:
+    """The order ``setup(queue_order=, queue_weights=, queues=)`` describe; a ValueError says
+    what to change."""
+    if queues:
+        if mode is not None or weights is not None:
+            raise ValueError(
+                f"setup(queues={queues!r}) already says the order, in Sidekiq's notation: drop "
+                "queue_order and queue_weights, or keep those and name the queues with -Q"
+            )
+        try:
+            return QueueOrder.from_sidekiq(queues)
+        except ValueError as exc:
+            raise ValueError(
+                f"setup(queues={queues!r}): {exc} (Sidekiq's notation, one string per queue: "
+                "queues=['critical,3', 'default,2', 'low,1'])"
+            ) from None
+    if mode is not None and mode not in MODES:
+        raise ValueError(
+            f"setup(queue_order={mode!r}): use 'strict' (the order of -Q, Sidekiq's default), "
+            "'weighted' (with queue_weights={'critical': 3, 'default': 2, 'low': 1}) or "
+            "'random' (every queue as likely first)"
+        )
+    if weights is not None and not isinstance(weights, Mapping):
+        raise ValueError(
+            f"setup(queue_weights={weights!r}): give a dict {{queue: weight}}, such as "
+            "{'critical': 3, 'default': 2, 'low': 1}"
+        )
+    for name, weight in (weights or {}).items():
+        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
+            raise ValueError(
+                f"setup(queue_weights={weights!r}): the weight of {name!r} must be a whole "
+                "number >= 1 (a queue comes first weight/total of the time)"
+            )
+    if mode == "weighted" and not weights:
+        raise ValueError(
+            "setup(queue_order='weighted') needs queue_weights={queue: weight, ...}, such as "
+            "{'critical': 3, 'default': 2, 'low': 1}"
+        )
+    if weights and (mode == "strict" or (mode == "random" and set(weights.values()) != {1})):
+        raise ValueError(
+            f"setup(queue_order={mode!r}, queue_weights={weights!r}): the {mode} order takes no "
+            "weights; use queue_order='weighted' (or leave queue_order out)"
+        )
+    try:
+        return QueueOrder.build(mode, weights)
+    except ValueError as exc:
+        raise ValueError(f"setup(queue_order={mode!r}, queue_weights={weights!r}): {exc}") from None
 
 
 _CONFIG_ATTR = "_celery_sidekiq_config"
@@ -196,6 +273,7 @@ def setup(app: Celery, **options: Any) -> Celery:
         fetch_max_recoveries=config.max_recoveries,
         sidekiq_running=RunningTasks(),
         max_payload_bytes=config.max_payload_bytes,
+        **config.order.transport_options(),
     )
     conf.broker_transport_options = transport_options
     if config.poller:
@@ -204,6 +282,8 @@ def setup(app: Celery, **options: Any) -> Celery:
         app.steps["worker"].add(HeartbeatStep)
     app.steps["worker"].add(JobsStep)
     app.steps["worker"].add(BrokerCheck)
+    app.steps["worker"].add(QueuesStep)
+    _add_queue_option(app)
     attach(app, processor)
     install_unique(app)
     install_producer(app)
@@ -269,3 +349,68 @@ def _refused_login(connection: Any) -> str | None:
         if isinstance(exc.__cause__, redis.AuthenticationError):
             return str(authentication_failure(connection, exc.__cause__))
     return None  # connected, or Redis away: the consumer retries as usual
+
+
+# -- queues and their order -------------------------------------------------------------------
+
+#: The worker option that takes Sidekiq's ``-q name[,weight]``, repeated as in Sidekiq.
+QUEUE_OPTION = ("-q", "--sidekiq-queue")
+
+
+def _add_queue_option(app: Celery) -> None:
+    """``celery worker -q critical,3 -q default,2 -q low,1``: Sidekiq's command line. (Celery's
+    own ``-Q`` splits on commas, so ``-Q critical,3`` would name a queue ``3``.)"""
+    import click
+
+    options = app.user_options["worker"]
+    if any(getattr(option, "name", None) == "sidekiq_queue" for option in options):
+        return
+    options.add(
+        click.Option(
+            list(QUEUE_OPTION),
+            "sidekiq_queue",
+            multiple=True,
+            metavar="QUEUE[,WEIGHT]",
+            help="A queue to consume, in Sidekiq's notation (repeat it, as sidekiq -q): no "
+            "weights: strict order; all 1: random; else weighted. Instead of -Q.",
+        )
+    )
+
+
+class QueuesStep(bootsteps.Step):  # type: ignore[misc]
+    """The worker's queues and their order: ``-q name[,weight]`` on the command line, else
+    ``setup(queues=...)`` when ``-Q`` is not given; a bad value stops the worker at startup.
+
+    It runs while the worker is built, before the consumer connects, so the consumer's channel
+    gets the order in its transport options and the heartbeat reports it.
+    """
+
+    label = "sidekiq queues"
+
+    def __init__(self, worker: Any, sidekiq_queue: Any = None, **kwargs: Any) -> None:
+        app = worker.app
+        config = config_of(app)
+        given = tuple(sidekiq_queue or ())
+        selected = getattr(app.amqp.queues, "_consume_from", None) is not None  # -Q given
+        if given:
+            if selected:
+                _config_error(
+                    f"-Q and -q {' -q '.join(given)} both name the queues: use one (-q takes "
+                    "Sidekiq's name,weight; -Q takes Celery's comma-separated names)"
+                )
+            try:
+                order = QueueOrder.from_sidekiq(given)
+            except ValueError as exc:
+                _config_error(f"-q {' -q '.join(given)}: {exc} (as in -q critical,3 -q low,1)")
+            config = dataclasses.replace(config, queue_order=None, queue_weights=None, queues=given)
+            setattr(app, _CONFIG_ATTR, config)
+            options = dict(app.conf.broker_transport_options or {})
+            options.update(order.transport_options())
+            app.conf.broker_transport_options = options
+        if config.queues and (given or not selected):
+            worker.setup_queues(config.order.names)
+
+
+def _config_error(message: str) -> None:
+    logging.getLogger(__name__).critical("%s", message)
+    raise SystemExit(EX_CONFIG)

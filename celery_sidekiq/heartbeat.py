@@ -54,6 +54,7 @@ from celery.worker import state as worker_state
 import kombu_sidekiq
 from kombu_sidekiq.client import Client
 from kombu_sidekiq.codec import RAW_JOB_PROPERTY
+from kombu_sidekiq.order import QueueOrder
 
 from .retry import processor_of
 from .scheduled import client_for
@@ -325,10 +326,13 @@ class Heartbeat:
 class WorkerProcess:
     """One Celery worker as Sidekiq sees it: what it reports, and how it obeys signals."""
 
-    def __init__(self, worker: Any, identity: str, version: int) -> None:
+    def __init__(
+        self, worker: Any, identity: str, version: int, order: QueueOrder | None = None
+    ) -> None:
         self.worker = worker
         self.identity = identity
         self.version = version
+        self.order = order or QueueOrder()
         self.hostname = identity.rsplit(":", 2)[0]
         self.pid = os.getpid()
         self.started_at = time.time()
@@ -349,31 +353,36 @@ class WorkerProcess:
         )
 
     def info(self) -> dict[str, Any]:
-        """The ``info`` JSON, with the keys the configured Sidekiq version writes."""
+        """The ``info`` JSON, with the keys the configured Sidekiq version writes.
+
+        The queues are listed in the order the worker takes them (strict: that order), and the
+        weights say what the transport does (``kombu_sidekiq.order``): 0 for every queue of a
+        strict order, which the Web UI shows as the bare names, else each queue's weight
+        (random: all 1), shown as ``name: weight``. 6.x reads no weights (its Busy page lists
+        ``queues`` as given); 7.0.3+ reads ``weights``, one map per capsule; 8.0.9+ reads
+        ``capsules`` with Sidekiq's ``mode`` (strict, weighted or random).
+        """
+        queues = self.order.ranked(self._queues)
         info: dict[str, Any] = {
             "hostname": self.hostname,
             "started_at": self.started_at,
             "pid": self.pid,
             "tag": str(self.worker.hostname),  # the Celery node name, e.g. "worker1@host"
             "concurrency": self.concurrency(),
-            "queues": list(self._queues),
+            "queues": queues,
             "labels": ["celery"],
             "identity": self.identity,
         }
+        weights = self.order.reported(queues)
         if self.version >= 7:
-            # 7.0.3+ format: one {queue: weight} map per capsule. Celery's consumer takes its
-            # queues round-robin, which neither strict (0) nor random (1) says exactly; 0, as a
-            # plain `sidekiq -q a -q b` writes, makes the UI list the bare queue names.
-            info.update(
-                version=VERSION_LABEL, embedded=False, weights=[dict.fromkeys(self._queues, 0)]
-            )
+            info.update(version=VERSION_LABEL, embedded=False, weights=[weights])
         if self.version >= 8:
             # 8.0.9 reads queues and weights only from here.
             info["capsules"] = {
                 "default": {
                     "concurrency": self.concurrency(),
-                    "mode": "strict",
-                    "weights": dict.fromkeys(self._queues, 0),
+                    "mode": self.order.mode,
+                    "weights": weights,
                 }
             }
         return info
@@ -536,6 +545,7 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
         config = config_of(worker.app)
         self.version = config.sidekiq_version
         self.interval = config.beat_interval
+        self.config_of = config_of
         self.tally = Tally()
         self.worker = worker
         self.heartbeat: Heartbeat | None = None
@@ -544,7 +554,9 @@ class HeartbeatStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, worker: Any) -> None:
         self.connection = worker.app.connection_for_write()
-        self.process = WorkerProcess(worker, new_identity(), self.version)
+        # The order as the worker's queue step left it (-q on the command line may set it).
+        order = self.config_of(worker.app).order
+        self.process = WorkerProcess(worker, new_identity(), self.version, order)
         self.heartbeat = Heartbeat(
             client_for(self.connection),
             self.process.identity,

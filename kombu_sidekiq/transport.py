@@ -13,6 +13,9 @@ they look like and how they are acknowledged:
 * consumers take jobs with reliable fetch (``fetch.py``): a job moves into the worker's in-flight
   list in the same Redis step that takes it, and leaves it when acknowledged; kombu's
   ``unacked`` hash and its visibility timeout are not used;
+* queues are taken in Sidekiq's orders (``order.py``: strict, weighted or random), not kombu's
+  round-robin; an idle consumer waits on its first queue and is woken at once for a job in any
+  other (``wake.py``: client-side tracking and ``CLIENT UNBLOCK``);
 * a job is turned into the envelope kombu would have read, carrying its original JSON so that a
   restore pushes it back byte for byte.
 
@@ -20,10 +23,11 @@ The kombu internals used (contract-tested in ``tests/test_transport_contract.py`
 ``Channel._brpop_start``/``_brpop_read`` (send a command, read its reply when the poller says
 so: ``_in_poll``, ``_brpop_sent_at``, ``_flush_brpop_reauth``), ``_get``, ``_put`` and its
 ``_publish_batch`` keyword, ``_q_for_pri``, ``_size``, ``_purge``, ``_has_queue``, ``_restore``,
-``_queue_cycle``, ``auto_delete_queues``, ``from_transport_options``, the ``keyprefix_*`` key
-templates, ``virtual.QoS`` (``_delivered``, ``restore_unacked``), ``connection._deliver``,
-``Transport.Channel`` and ``Transport.connection_errors``; ``Producer.publish``'s keywords and
-``Producer._batch_local`` (the direct way of :class:`Producer`); for Sentinel, ``SentinelChannel``'s
+``_after_fork``, ``active_queues``, ``auto_delete_queues``, ``queue_order_strategy``,
+``from_transport_options``, the ``keyprefix_*`` key templates, ``virtual.QoS``
+(``_delivered``, ``restore_unacked``), ``connection._deliver``, ``Transport.Channel`` and
+``Transport.connection_errors``; ``Producer.publish``'s keywords and ``Producer._batch_local``
+(the direct way of :class:`Producer`); for Sentinel, ``SentinelChannel``'s
 ``_get_pool``/``_sentinel_managed_pool``, ``_sentinel_manager``/``_async_sentinel_manager``,
 ``_prepare_virtual_host``, ``_parse_url`` and ``Connection.alt``.
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -51,6 +56,8 @@ from .client import Client
 from .divert import Divert, Intake
 from .fetch import DEFAULT_LEASE, DEFAULT_MAX_RECOVERIES, Destination, Fetched, ReliableFetch
 from .keys import Keys
+from .order import QueueOrder
+from .wake import Waker
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +83,13 @@ TAG_PROPERTY: Final = "sidekiq_tag"
 #: The message property naming that in-flight hash, so that the process running the job can
 #: move it out of flight and into ``retry`` or ``dead`` in one step (``fetch.settle``).
 INFLIGHT_PROPERTY: Final = "sidekiq_inflight"
+
+#: Fetches in a row that took jobs before an idle consumer's wake-up tracking is turned off
+#: (a busy worker pays nothing for it; the next idle moment turns it on again).
+DISARM_AFTER: Final = 3
+
+#: Why instant pick-up is off, once logged (per process: every channel would say the same).
+_WAKE_OFF_LOGGED: set[str] = set()
 
 
 class QoS(virtual.QoS):  # type: ignore[misc]
@@ -183,6 +197,18 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     #: a bigger one is refused with PayloadTooLarge, or moved untouched to the dead set.
     max_payload_bytes = 0
 
+    #: Sidekiq's queue order: "strict" (the configured order, every fetch), "weighted" (a
+    #: weighted random order per fetch) or "random" (every weight 1); see ``order.py``.
+    queue_order = "strict"
+
+    #: ``[(queue, weight), ...]`` in the configured order (or a ``{queue: weight}`` dict);
+    #: queues consumed but not listed come after the listed ones and weigh 1.
+    queue_weights: Any = ()
+
+    #: Wake an idle consumer at once for a job in any of its queues (``wake.py``); False: wait
+    #: on one queue at a time, in turn, as before (up to ``brpop_timeout`` late on the others).
+    instant_pickup = True
+
     from_transport_options = (
         *kombu_redis.Channel.from_transport_options,
         "namespace",
@@ -194,6 +220,9 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         "fetch_max_recoveries",
         "sidekiq_running",
         "max_payload_bytes",
+        "queue_order",
+        "queue_weights",
+        "instant_pickup",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -216,6 +245,15 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._idle = False
         self._block_turn = 0
         self._awaiting = False  # a fetch or wait was sent and its reply not read yet
+        self._rng = random.Random()
+        # Waking (wake.py): the thread, what tracking is on for (socket, generation, prefixes),
+        # the commands sent ahead of the fetch in flight, fetches in a row that took jobs.
+        self._waker: Waker | None = None
+        self._armed: tuple[Any, int, tuple[str, ...]] | None = None
+        self._poll_sock: Any = None
+        self._ahead: list[str] = []
+        self._busy_fetches = 0
+        self._wait_number = 0
 
     def _check_options(self) -> None:
         if not self.ack_emulation:
@@ -233,6 +271,17 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             raise ValueError(
                 f"sidekiq_version must be one of {SUPPORTED_VERSIONS}, not {self.sidekiq_version!r}"
             )
+        if self.queue_order_strategy != kombu_redis.Channel.queue_order_strategy:
+            raise ValueError(
+                f"the sidekiq transport does not take queue_order_strategy="
+                f"{self.queue_order_strategy!r}: it orders queues as Sidekiq does; use the "
+                "transport option 'queue_order' ('strict', 'weighted' or 'random'; "
+                "celery_sidekiq.setup(app, queue_order=..., queue_weights=...))"
+            )
+        try:
+            self.order = QueueOrder.build(self.queue_order, self.queue_weights or None)
+        except ValueError as exc:
+            raise ValueError(f"transport options queue_order/queue_weights: {exc}") from None
 
     @property
     def sidekiq(self) -> Client:
@@ -299,39 +348,165 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
         Busy: one script call takes a batch of jobs and carries the acks of the last one; it
         waits until half the prefetch is free (unless nothing is held), so batches stay big.
-        Idle (the last fetch found nothing): block on one task queue at a time with
-        BRPOPLPUSH, which moves a job into this worker's landing list as it arrives. Queues of
-        kombu's own (replies, auto-deleted) are read with plain BRPOP.
+        Each fetch takes the queues in the configured order (``self.order``: strict, weighted
+        or random, as Sidekiq). Idle (the last fetch found nothing): wait with BRPOPLPUSH on
+        the first task queue, which moves a job into this worker's landing list as it
+        arrives; a job in any other queue ends the wait at once (``wake.py``; tracking is
+        turned on, pipelined with one more fetch, when the worker becomes idle, and off once
+        it is busy). Where Redis refuses that, wait on one task queue at a time, in turn.
+        Queues of kombu's own (replies, auto-deleted) are read with plain BRPOP.
         """
         if timeout is None:
             timeout = self.brpop_timeout
         if self._awaiting:  # kombu dropped the connection (stale, or lost) before the reply
             self._lost()
-        queues = self._queue_cycle.consume(len(self.active_queues))
+        queues = self.active_queues
         if not queues:
             return
         if self._fetch is not None and self._fetch.needs_sweep:
             self._give_back()
-        task_queues = [queue for queue in queues if queue not in self.auto_delete_queues]
+        task_queues = self.order.ranked(q for q in queues if q not in self.auto_delete_queues)
+        connection = self.client.connection
+        ahead: list[list[Any]] = []
         if not task_queues:
             command = ["BRPOP", *(self.keys.kombu(queue) for queue in queues), timeout or 0]
             self._poll = ("BRPOP", queues)
-        elif self._fetch_next or not timeout:
+        elif not self._fetch_next and timeout and self._wake_ready(task_queues, connection):
+            waker = self._waker
+            assert waker is not None
+            self._wait_number += 1
+            waker.blocked = self._wait_number
+            if waker.pending:  # a watched queue changed after the last fetch was sent
+                waker.blocked = 0
+                self._fetch_next = True
+                self._brpop_start(timeout)
+                return
+            self.fetcher.flush_acks()  # idle: no fetch will carry them
+            command = self.fetcher.block_command(task_queues[0], timeout)
+            self._poll = ("BRPOPLPUSH", task_queues[:1])
+        elif self._fetch_next or not timeout or self._wake_wanted(task_queues):
             count = self._batch_size()
             if not count:
                 return  # the poller asks again on its next tick
-            command = self.fetcher.fetch_command(queues, count, idle=self._idle)
-            self._poll = ("EVALSHA", queues)
+            ahead = self._tracking_commands(task_queues, connection)
+            if self._waker is not None:
+                self._waker.pending = False  # what changes from here on, this fetch may miss
+            # Queues of kombu's own go last: the fetch reads their kombu keys when idle.
+            order = self.order.fetch_order(task_queues, self._rng)
+            order += [queue for queue in queues if queue in self.auto_delete_queues]
+            command = self.fetcher.fetch_command(order, count, idle=self._idle)
+            self._poll = ("EVALSHA", order)
         else:
             queue = task_queues[self._block_turn % len(task_queues)]
             self._block_turn += 1
             self.fetcher.flush_acks()  # idle: no fetch will carry them
             command = self.fetcher.block_command(queue, max(timeout / len(task_queues), 0.1))
             self._poll = ("BRPOPLPUSH", [queue])
-        self._in_poll = self.client.connection
+        self._in_poll = connection
         self._brpop_sent_at = time.monotonic()
         self._awaiting = command[0] != "BRPOP"  # kombu's own BRPOP takes nothing into flight
-        self.client.connection.send_command(*command)
+        if ahead:
+            self._ahead = [" ".join(map(str, c[:3])) for c in ahead]
+            connection.send_packed_command(connection.pack_commands([*ahead, command]))
+        else:
+            self._ahead = []
+            connection.send_command(*command)
+
+    # -- instant pick-up (wake.py) ---------------------------------------------------------
+
+    def _wake_wanted(self, task_queues: list[str]) -> bool:
+        """Idle on several queues, with waking possible: track before the first wait."""
+        if not self.instant_pickup or len(task_queues) < 2:
+            return False
+        if self._waker is None:
+            self._waker = Waker(self._get_pool(), unblock_for=self.brpop_timeout + 1)
+            self._waker.start()
+        if self._waker.failed:
+            self._wake_off(self._waker.failed)
+            return False
+        return self._waker.ready
+
+    def _wake_ready(self, task_queues: list[str], connection: Any) -> bool:
+        """Tracking is on, on this connection, for these queues, to the waker as it is now."""
+        waker, armed = self._waker, self._armed
+        if waker is None or armed is None or not waker.ready or waker.poll_id is None:
+            return False
+        return armed == (connection._sock, waker.generation, self._prefixes(task_queues))
+
+    def _prefixes(self, task_queues: list[str]) -> tuple[str, ...]:
+        """The keys to watch: every task queue but the one waited on. A prefix takes in every
+        key it starts (Redis refuses overlapping prefixes), so ``queue:a`` covers ``queue:ab``."""
+        keys = sorted({self.keys.queue(queue) for queue in task_queues[1:]})
+        kept: list[str] = []
+        for key in keys:
+            if not any(key.startswith(prefix) for prefix in kept):
+                kept.append(key)
+        return tuple(kept)
+
+    def _tracking_commands(self, task_queues: list[str], connection: Any) -> list[list[Any]]:
+        """What to send ahead of this fetch: tracking on (idle, about to wait) or off (busy
+        for a while, or waking no longer possible)."""
+        waker = self._waker
+        if connection._sock is None:
+            connection.connect()
+        if self._wake_wanted(task_queues) and not self._fetch_next and waker is not None:
+            if self._poll_sock is not None and self._poll_sock is not connection._sock:
+                # Reconnected (a failover, perhaps): the waker's connection may be on the old
+                # server. It subscribes again; tracking goes on once it has.
+                self._poll_sock = connection._sock
+                self._armed = None
+                waker.reconnect()
+                return [["CLIENT", "TRACKING", "OFF"]]
+            self._poll_sock = connection._sock
+            prefixes = self._prefixes(task_queues)
+            self._armed = (connection._sock, waker.generation, prefixes)
+            self._busy_fetches = 0
+            tracking = ["CLIENT", "TRACKING", "ON", "REDIRECT", waker.redirect, "BCAST"]
+            tracking += [arg for prefix in prefixes for arg in ("PREFIX", prefix)]
+            return [["CLIENT", "ID"], ["CLIENT", "TRACKING", "OFF"], [*tracking, "NOLOOP"]]
+        if self._armed is not None and (
+            self._busy_fetches >= DISARM_AFTER or not self._wake_wanted(task_queues)
+        ):
+            self._armed = None
+            return [["CLIENT", "TRACKING", "OFF"]]
+        return []
+
+    def _read_ahead(self, connection: Any) -> None:
+        """Read the replies of the commands sent ahead of the fetch (tracking on or off)."""
+        ahead, self._ahead = self._ahead, []
+        refused: str | None = None
+        for name in ahead:
+            try:
+                reply = connection.read_response()
+            except kombu_redis.redis.ResponseError as exc:
+                refused = refused or f"Redis refused {name}: {exc}"
+                continue
+            if name == "CLIENT ID" and self._waker is not None:
+                self._waker.poll_id = int(reply)
+        if refused is None:
+            return
+        self._armed = None
+        if "does not exist" in refused and self._waker is not None:
+            self._waker.reconnect()  # its connection went away meanwhile: subscribe again
+        else:
+            self._wake_off(refused)
+
+    def _wake_off(self, reason: str) -> None:
+        """Waking is not possible here: wait on the queues in turn from now on."""
+        self.instant_pickup = False
+        self._armed = None
+        if reason not in _WAKE_OFF_LOGGED:
+            _WAKE_OFF_LOGGED.add(reason)
+            logger.warning(
+                "instant pick-up on every queue is off (%s): an idle worker waits on its queues "
+                "in turn, so a job may wait up to %.1f s (the transport option "
+                "polling_interval) before it starts",
+                reason,
+                self.brpop_timeout,
+            )
+        if self._waker is not None:
+            self._waker.stop()
+            self._waker = None
 
     def _batch_size(self) -> int:
         """How many jobs the next fetch takes: 0 to wait for more room."""
@@ -347,15 +522,17 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         kind, queues = self._poll
         try:
             reply = self._read_reply(kind, **options)
-            if kind == "BRPOPLPUSH":  # a job landed (or the wait timed out): fetch records it
+            if kind == "BRPOPLPUSH":  # a job landed (or the wait ended): fetch records it
                 if reply:
                     self.fetcher.landed()
                     if queues[0] not in self._active_queues:  # cancelled while it waited
                         self._give_back()
                 self._fetch_next, self._idle = True, not reply
+                self._busy_fetches = 0
                 raise Empty()
             items = self._items(kind, queues, reply)
             self._fetch_next = bool(items) or kind != "EVALSHA"
+            self._busy_fetches = self._busy_fetches + 1 if items else 0
             self._idle = False
             if not items:
                 raise Empty()
@@ -364,14 +541,20 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             return True
         finally:
             self._in_poll = None
+            if self._waker is not None:
+                self._waker.blocked = 0
             self._flush_brpop_reauth()
 
     def _read_reply(self, kind: str, **options: Any) -> Any:
-        """The reply to the fetch or wait sent; if it cannot be read, the fetch knows it is
-        lost (what it took is given back before the next one)."""
+        """The reply to the fetch or wait sent (after those of the commands sent ahead of
+        it); if it cannot be read, the fetch knows it is lost (what it took is given back
+        before the next one)."""
+        connection = self.client.connection
         try:
             try:
-                return self.client.parse_response(self.client.connection, kind, **options)
+                if self._ahead:
+                    self._read_ahead(connection)
+                return self.client.parse_response(connection, kind, **options)
             finally:
                 self._awaiting = False
         except kombu_redis.redis.exceptions.NoScriptError:
@@ -380,15 +563,16 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             raise Empty() from None
         except BaseException as exc:
             self._lost()
+            self._ahead, self._armed = [], None
             if isinstance(exc, self.connection_errors):
-                self.client.connection.disconnect()
+                connection.disconnect()
             elif isinstance(exc, kombu_redis.redis.exceptions.ResponseError) and (
                 is_unblocked(exc) or isinstance(exc, kombu_redis.redis.ReadOnlyError)
             ):
                 # A failover demoted the server this fetch was waiting on. Redis says so with
                 # an error reply, not by closing the connection: make it the connection error
                 # it is, so Celery reconnects (to the new master) instead of dying.
-                self.client.connection.disconnect()
+                connection.disconnect()
                 raise kombu_redis.redis.ConnectionError(str(exc)) from exc
             raise
 
@@ -427,7 +611,6 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 return
             if item.is_job:
                 self.fetcher.delivered(item.queue, item.tag, item.payload)
-            self._queue_cycle.rotate(item.queue)
             self.connection._deliver(envelope, item.queue)
             if item.is_job and item.queue in self._no_ack_queues:
                 self.fetcher.ack(item.queue, item.tag, item.payload)
@@ -574,8 +757,17 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         if self._awaiting:
             self._lost()
         super().close()
+        if self._waker is not None:
+            self._waker.stop()
+            self._waker = None
         if self._fetch is not None:
             self._fetch.stop()
+
+    def _after_fork(self) -> None:
+        # In a forked child: the waker's thread is the parent's, and so are its pool and its
+        # locks; drop them untouched (see detached_client).
+        self._waker, self._armed = None, None
+        super()._after_fork()
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         if not codec.is_task_message(message):
@@ -709,6 +901,8 @@ class Producer(kombu.Producer):  # type: ignore[misc]
         if args or not isinstance(channel, Channel) or not self._direct(body, options):
             return super().publish(body, *args, **options)
         properties = {k: v for k, v in options.items() if k not in _PUBLISH_OPTIONS}
+        if options.get("priority") is not None:  # a property, as kombu's envelope has it
+            properties["priority"] = options["priority"]
         write = self._put_task
         if options.get("retry"):
             policy = options.get("retry_policy") or {}

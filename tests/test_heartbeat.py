@@ -14,6 +14,7 @@ import signal
 import socket
 import time
 from datetime import datetime, timezone
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -32,12 +33,14 @@ from celery_sidekiq.heartbeat import (
     Heartbeat,
     Snapshot,
     Tally,
+    WorkerProcess,
     count_executions,
     new_identity,
     work_keys,
 )
 from kombu_sidekiq.client import Client
 from kombu_sidekiq.keys import Keys
+from kombu_sidekiq.order import QueueOrder
 
 BEAT = 0.2  # seconds between beats in worker tests
 
@@ -234,6 +237,58 @@ def test_setup_options() -> None:
         celery_sidekiq.setup(Celery("t", broker="sidekiq://localhost/0"), beat_interval=0)
 
 
+class FakeWorker:
+    """What WorkerProcess reads of a celery WorkController."""
+
+    def __init__(self, queues: list[str]) -> None:
+        self.hostname = "worker1@vm"
+        self.concurrency = 4
+        self.max_concurrency = None
+        self.pool = None
+        self.app = SimpleNamespace(
+            amqp=SimpleNamespace(queues=SimpleNamespace(consume_from={q: None for q in queues}))
+        )
+
+
+@pytest.mark.parametrize(
+    ("order", "weights", "mode"),
+    [
+        (QueueOrder(), {"critical": 0, "default": 0, "low": 0}, "strict"),
+        (
+            QueueOrder.from_sidekiq(["critical,3", "default,2", "low,1"]),
+            {"critical": 3, "default": 2, "low": 1},
+            "weighted",
+        ),
+        (QueueOrder("random"), {"critical": 1, "default": 1, "low": 1}, "random"),
+    ],
+)
+@pytest.mark.parametrize("version", [6, 7, 8])
+def test_info_reports_the_queue_order_the_worker_follows(
+    order: QueueOrder, weights: dict[str, int], mode: str, version: int
+) -> None:
+    """6.x reads no weights (its Busy page lists ``queues``); 7.0.3+ reads ``weights``, one
+    map per capsule, 0 meaning strict; 8.0.9+ reads ``capsules`` with Sidekiq's mode."""
+    process = WorkerProcess(FakeWorker(["critical", "default", "low"]), "vm:1:abc", version, order)
+    info = process.info()
+    assert info["queues"] == ["critical", "default", "low"]
+    if version == 6:
+        assert "weights" not in info and "capsules" not in info
+    else:
+        assert info["weights"] == [weights]
+        assert list(info["weights"][0]) == ["critical", "default", "low"]  # the UI's order
+    if version == 8:
+        assert info["capsules"] == {"default": {"concurrency": 4, "mode": mode, "weights": weights}}
+
+
+def test_info_lists_a_strict_order_as_configured_not_as_consumed() -> None:
+    """``setup(queues=["critical", "low"])`` ranks them; ``-Q`` may list them otherwise."""
+    order = QueueOrder.from_sidekiq(["critical", "low"])
+    process = WorkerProcess(FakeWorker(["low", "extra", "critical"]), "vm:1:abc", 7, order)
+    info = process.info()
+    assert info["queues"] == ["critical", "low", "extra"]
+    assert info["weights"] == [{"critical": 0, "low": 0, "extra": 0}]
+
+
 class FakeRequest:
     """What count_executions needs of a celery.worker.request.Request."""
 
@@ -324,6 +379,40 @@ def test_worker_registers_and_deregisters(
     assert worker.stop(signal.SIGTERM) == 0
     assert not redis.sismember("processes", identity)
     assert not redis.exists(identity, f"{identity}:work", f"{identity}:workers")
+
+
+class SidekiqQueuesWorker(CeleryWorker):
+    """A worker named its queues with Sidekiq's ``-q name,weight`` instead of ``-Q``."""
+
+    @property
+    def argv(self) -> list[str]:
+        argv = super().argv
+        at = argv.index("-Q")
+        return argv[:at] + argv[at + 2 :]
+
+
+@pytest.mark.worker
+@pytest.mark.parametrize("version", [7, 8])
+def test_a_worker_started_with_sidekiqs_q_reports_its_weights(
+    broker_url: str, redis: redis_lib.Redis, tmp_path: Any, version: int
+) -> None:
+    worker = SidekiqQueuesWorker(
+        broker_url,
+        tmp_path / "celery.log",
+        env=setup_env(version),
+        extra_args=["-q", "critical,3", "-q", "default,2", "-q", "low,1"],
+    )
+    worker.start()
+    try:
+        info = json.loads(process_hash(redis, identity_of(redis, worker))["info"])
+    finally:
+        worker.stop()
+    weights = {"critical": 3, "default": 2, "low": 1}
+    assert info["queues"] == list(weights)
+    assert info["weights"] == [weights]
+    if version == 8:
+        assert info["capsules"]["default"]["mode"] == "weighted"
+        assert info["capsules"]["default"]["weights"] == weights
 
 
 @pytest.mark.worker

@@ -237,3 +237,54 @@ def test_busy_and_retries_pages_show_the_celery_worker_and_python_failures(
 
     # The job sleeps for a minute: a warm shutdown at teardown would wait for it.
     worker.kill9()
+
+
+def queues_shown(name_cell: str) -> str:
+    """What the Busy page says after "Queues: " in a process's name cell."""
+    shown = name_cell.split("Queues: ", 1)[1]
+    return shown.split(" Version: ", 1)[0].strip()
+
+
+@pytest.mark.interop
+@pytest.mark.worker
+def test_busy_page_shows_each_queue_order_as_for_a_sidekiq_process_with_the_same_queues(
+    browser: Chromium,
+    sidekiq_rb: str,
+    celery_worker: CeleryWorkerFactory,
+    sidekiq_process: SidekiqProcessFactory,
+    sidekiq_web: SidekiqWeb,
+    redis: redis_lib.Redis,
+) -> None:
+    """A strict, a weighted and a random Celery worker, each beside a sidekiq.rb process
+    started with the same queues in Sidekiq's notation: the Busy page shows the same queue
+    list for both of each pair (7.3.2: ``critical: 3, default: 2, low: 1``; 6.4.1, which
+    shows no weights: the names in order)."""
+    orders = {
+        "strict": (["critical", "default", "low"], {}),
+        "weighted": (
+            ["critical,3", "default,2", "low,1"],
+            {"queue_weights": {"critical": 3, "default": 2, "low": 1}},
+        ),
+        "random": (["critical,1", "default,1", "low,1"], {"queue_order": "random"}),
+    }
+    pairs = {}
+    for name, (notation, options) in orders.items():
+        ruby = sidekiq_process(queues=notation, concurrency=1)
+        setup = {**SETUP, **options, "sidekiq_version": int(sidekiq_rb)}
+        worker = celery_worker(
+            queues="critical,default,low", name=name, env={"SIDEKIQ_SETUP": json.dumps(setup)}
+        )
+        pairs[name] = (identity_of(redis, ruby.pid), identity_of(redis, worker.pid))
+    busy = tables(browser.dump_dom(sidekiq_web.url("busy")))
+    shown = {row.inputs["identity"]: queues_shown(row.cells[0]) for row in busy["processes"]}
+    expected = {
+        "strict": "critical, default, low",
+        "weighted": "critical, default, low"
+        if sidekiq_rb == "6"
+        else "critical: 3, default: 2, low: 1",
+        "random": "critical, default, low"
+        if sidekiq_rb == "6"
+        else "critical: 1, default: 1, low: 1",
+    }
+    for name, (ruby_identity, identity) in pairs.items():
+        assert shown[identity] == shown[ruby_identity] == expected[name], (name, shown)
