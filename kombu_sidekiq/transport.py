@@ -88,6 +88,9 @@ INFLIGHT_PROPERTY: Final = "sidekiq_inflight"
 #: (a busy worker pays nothing for it; the next idle moment turns it on again).
 DISARM_AFTER: Final = 3
 
+#: Seconds of each wait in turn while the waker subscribes (at start, after a reconnect).
+WAKER_STARTING_WAIT: Final = 0.2
+
 #: Why instant pick-up is off, once logged (per process: every channel would say the same).
 _WAKE_OFF_LOGGED: set[str] = set()
 
@@ -374,14 +377,14 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         elif not self._fetch_next and timeout and self._wake_ready(task_queues, connection):
             waker = self._waker
             assert waker is not None
+            self.fetcher.flush_acks()  # idle: no fetch will carry them
             self._wait_number += 1
-            waker.blocked = self._wait_number
+            waker.blocked = self._wait_number  # from here on, the thread ends this wait
             if waker.pending:  # a watched queue changed after the last fetch was sent
                 waker.blocked = 0
                 self._fetch_next = True
                 self._brpop_start(timeout)
                 return
-            self.fetcher.flush_acks()  # idle: no fetch will carry them
             command = self.fetcher.block_command(task_queues[0], timeout)
             self._poll = ("BRPOPLPUSH", task_queues[:1])
         elif self._fetch_next or not timeout or self._wake_wanted(task_queues):
@@ -400,7 +403,10 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             queue = task_queues[self._block_turn % len(task_queues)]
             self._block_turn += 1
             self.fetcher.flush_acks()  # idle: no fetch will carry them
-            command = self.fetcher.block_command(queue, max(timeout / len(task_queues), 0.1))
+            turn = max(timeout / len(task_queues), 0.1)
+            if self._waker is not None and self._waker.starting:
+                turn = min(turn, WAKER_STARTING_WAIT)  # it subscribes: track soon after
+            command = self.fetcher.block_command(queue, turn)
             self._poll = ("BRPOPLPUSH", [queue])
         self._in_poll = connection
         self._brpop_sent_at = time.monotonic()
@@ -578,6 +584,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
     def _lost(self) -> None:
         self._awaiting = False
+        if self._waker is not None:
+            self._waker.blocked = 0
         if self._fetch is not None:
             self._fetch.lost()
 
@@ -754,6 +762,12 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         return result
 
     def close(self) -> None:
+        waker = self._waker
+        if waker is not None and waker.blocked and waker.poll_id is not None:
+            # kombu reads the reply of the wait in flight before it closes: end the wait now
+            # rather than up to polling_interval seconds later.
+            with contextlib.suppress(Exception):
+                self.sidekiq.redis.client_unblock(waker.poll_id)
         if self._awaiting:
             self._lost()
         super().close()

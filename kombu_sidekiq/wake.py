@@ -50,6 +50,10 @@ UNBLOCK_BACKOFF: Final = 0.02
 #: Seconds the thread waits for any one reply before it takes its connection for dead.
 SOCKET_TIMEOUT: Final = 10.0
 
+#: Seconds after a start or a reconnect during which the waker counts as starting (the channel
+#: waits in short turns meanwhile); longer, and it waits in turn as it would without waking.
+STARTING_FOR: Final = 10.0
+
 #: Seconds between reconnection attempts while Redis is away.
 RECONNECT_DELAY: Final = 1.0
 
@@ -80,6 +84,7 @@ class Waker:
         self.pending = False
         self.failed: str | None = None
         self.wakes = 0  # invalidations seen, for tests and logs
+        self._changed_at = time.monotonic()
         self._stopped = threading.Event()
         self._reconnect = threading.Event()
         self._sub: Any = None
@@ -89,6 +94,15 @@ class Waker:
     def ready(self) -> bool:
         """Subscribed, and not given up: tracking may redirect to :attr:`redirect`."""
         return self.redirect is not None and self.failed is None
+
+    @property
+    def starting(self) -> bool:
+        """Subscribing (just started, or reconnecting) for at most :data:`STARTING_FOR`."""
+        return (
+            self.redirect is None
+            and self.failed is None
+            and time.monotonic() - self._changed_at < STARTING_FOR
+        )
 
     def start(self) -> None:
         if self._thread is None:
@@ -109,6 +123,7 @@ class Waker:
         """Drop both connections and subscribe again (the channel's own connection moved:
         a reconnect, perhaps to a new master after a failover)."""
         self.redirect = None
+        self._changed_at = time.monotonic()
         self._reconnect.set()
         self._interrupt()
 

@@ -13,6 +13,7 @@ log) and after Redis restarts (the wake-up thread subscribes again).
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 import time
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 import redis as redis_lib
+from kombu.transport import redis as kombu_redis
 from support.redis_server import RedisServer
 from support.waiting import wait_for
 from support.worker import CeleryWorker, CeleryWorkerFactory
@@ -106,6 +108,27 @@ def test_strict_order_wakes_for_later_queues_too(
         push_stamp(redis, queue)
         time.sleep(0.3)
     assert all(seconds < 1.0 for seconds, _ in pickups(redis, 4))
+
+
+def test_a_warm_stop_of_an_idle_worker_does_not_wait_for_its_wait_to_end(
+    celery_worker: CeleryWorkerFactory, redis: redis_lib.Redis
+) -> None:
+    """The wait lasts ``polling_interval`` (60 s here) and kombu reads its reply before the
+    channel closes: the channel ends it with ``CLIENT UNBLOCK`` first."""
+    worker = start(celery_worker, polling_interval=60.0)
+    idle_until_waiting(redis)
+    time.sleep(0.5)
+    started = time.monotonic()
+    assert worker.stop() == 0
+    assert time.monotonic() - started < 4.0
+
+
+def test_the_kombu_internals_waking_relies_on_are_still_there() -> None:
+    base = kombu_redis.Channel
+    assert list(inspect.signature(base._after_fork).parameters) == ["self"]
+    assert base.queue_order_strategy == "round_robin"  # the one value the transport takes
+    assert isinstance(base.active_queues, property)
+    assert "self._brpop_read()" in inspect.getsource(base.close)  # the wait's reply is read
 
 
 def test_an_idle_worker_waits_once_a_second_and_tracking_is_off_while_busy(
