@@ -151,8 +151,10 @@ class Worker:
         pool: str = "solo",
         concurrency: int = 1,
         env: dict[str, str] | None = None,
+        queues: str = "default",
     ) -> None:
         self.broker_url = broker_url
+        self.queues = queues
         self.mark_dir = mark_dir
         self.log_path = log_path
         self.pool = pool
@@ -168,7 +170,7 @@ class Worker:
     def start(self) -> Worker:
         argv = [
             sys.executable, "-m", "celery", "-A", "bench_app", "worker",
-            "-Q", "default", "-P", self.pool, "-c", str(self.concurrency),
+            "-Q", self.queues, "-P", self.pool, "-c", str(self.concurrency),
             "--loglevel=WARNING", "-n", self.nodename,
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]  # fmt: skip
@@ -308,11 +310,16 @@ class NativeMessages:
         self.template["properties"]["delivery_info"] = {"exchange": "", "routing_key": "default"}
 
     def message(
-        self, task: str = "bench.noop", args: Sequence[Any] = (), eta: float | None = None
+        self,
+        task: str = "bench.noop",
+        args: Sequence[Any] = (),
+        eta: float | None = None,
+        queue: str = "default",
     ) -> str:
         message = dict(self.template)
         headers = dict(message["headers"])
         properties = dict(message["properties"])
+        properties["delivery_info"] = {"exchange": "", "routing_key": queue}
         task_id = str(uuid.uuid4())
         headers.update(task=task, id=task_id, root_id=task_id, argsrepr=repr(tuple(args)))
         if eta is not None:

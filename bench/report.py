@@ -8,6 +8,7 @@ from typing import Any
 
 from bench.drain import POOLS
 from bench.enqueue import METHODS
+from bench.pickup import INTERVAL, SYSTEMS
 
 
 def summary(values: Iterable[float]) -> dict[str, float]:
@@ -241,8 +242,31 @@ def tables(raw: dict[str, Any], summary_: dict[str, Any]) -> str:
                 ),
             )
         )
+    picked = raw.get("pickup", [])
+    if picked:
+        parts.append(
+            f"### Pick-up: an idle worker on 3 queues, {picked[0]['jobs']:,} jobs one at a time "
+            f"to random queues, {INTERVAL[0]:g}-{INTERVAL[1]:g} s apart\n\n"
+            "Push to start, in ms (the push's round trip included); idle cost: Redis commands "
+            "per second and connections of the idle worker (heartbeat and poller included).\n\n"
+            + _table(
+                ["worker", "p50 ms", "p99 ms", "max ms", "idle commands/s", "connections"],
+                (
+                    [
+                        SYSTEMS[row["system"]],
+                        _n(row["p50_ms"], 1),
+                        _n(row["p99_ms"], 1),
+                        _n(row["max_ms"], 1),
+                        _n(row["idle_commands_per_s"], 1),
+                        str(row["connections"]),
+                    ]
+                    for row in picked
+                ),
+            )
+        )
     parts.append(
-        "### Targets (issue 7)\n\n" + _table(["target", "measured", "met"], targets(raw, summary_))
+        "### Targets (issues 7 and 14)\n\n"
+        + _table(["target", "measured", "met"], targets(raw, summary_))
     )
     return "\n\n".join(parts)
 
@@ -281,6 +305,15 @@ def targets(raw: dict[str, Any], summary_: dict[str, Any]) -> list[list[str]]:
             ratio = row["promotion_p99_s"] / row["poll_interval_s"]
             rows.append(
                 ["promotion lateness p99 ≤ 2x poll interval", f"{ratio:.2f}x", _yes(ratio <= 2)]
+            )
+    picked = {row["system"]: row for row in raw.get("pickup", [])}
+    if "sidekiq" in picked:
+        p99 = picked["sidekiq"]["p99_ms"]
+        rows.append(["pick-up p99 ≤ 10 ms (`sidekiq://`)", f"{p99:.1f} ms", _yes(p99 <= 10)])
+        if "ruby" in picked:
+            gap = p99 - picked["ruby"]["p99_ms"]
+            rows.append(
+                ["pick-up p99 within 5 ms of sidekiq.rb's", f"{gap:+.1f} ms", _yes(gap <= 5)]
             )
     return rows
 

@@ -13,7 +13,9 @@ processes (``bench/apps/bench_app.py``), and measures:
   Redis CPU and worker CPU;
 * enqueue: ``apply_async`` on both, ``celery_sidekiq.bulk.push_bulk``, ``Client.push_bulk``,
   sidekiq.rb's ``push_bulk`` and a raw pipelined LPUSH;
-* scheduled: worker RSS with N jobs due in an hour, and how late jobs run once due.
+* scheduled: worker RSS with N jobs due in an hour, and how late jobs run once due;
+* pickup: how soon an idle worker on three queues starts a job pushed to any of them, for
+  sidekiq.rb, native ``redis://`` and ``sidekiq://``, and what an idle worker costs.
 
 Prints markdown tables (median of ``--runs``, min-max, ratios) and writes every raw figure to
 ``bench/results/bench-<time>.json``.
@@ -33,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import redis
 
-from bench import drain, enqueue, report, scheduled
+from bench import drain, enqueue, pickup, report, scheduled
 from bench.harness import (
     REPO_ROOT,
     BenchError,
@@ -53,9 +55,10 @@ DEFAULTS = {
     "scheduled_jobs": (100_000, 5_000),
     "lateness_jobs": (2_000, 300),
     "lateness_spread": (5.0, 2.0),
+    "pickup_jobs": (400, 60),
 }
 
-SECTIONS = ("drain", "enqueue", "scheduled")
+SECTIONS = ("drain", "enqueue", "scheduled", "pickup")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -80,6 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--lateness-spread", type=float, help="seconds over which those are due (5)"
     )
+    parser.add_argument("--pickup-jobs", type=int, help="jobs per worker in the pick-up test (400)")
     parser.add_argument(
         "--poll-interval",
         type=float,
@@ -94,7 +98,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only", default=",".join(SECTIONS), help=f"sections to run (default {','.join(SECTIONS)})"
     )
-    parser.add_argument("--no-ruby", action="store_true", help="leave out sidekiq.rb's push_bulk")
+    parser.add_argument(
+        "--no-ruby", action="store_true", help="leave out sidekiq.rb (push_bulk, pick-up)"
+    )
     parser.add_argument(
         "--out", type=Path, help="JSON file (default bench/results/bench-<time>.json)"
     )
@@ -113,10 +119,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             f"unknown pools/sections {bad}: "
             f"pools are {list(drain.POOLS)}, sections {list(SECTIONS)}"
         )
-    for name in ("runs", "jobs", "enqueue_jobs", "bulk_jobs", "scheduled_jobs", "lateness_jobs"):
+    for name in (
+        "runs", "jobs", "enqueue_jobs", "bulk_jobs", "scheduled_jobs", "lateness_jobs",
+        "pickup_jobs",
+    ):  # fmt: skip
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if "enqueue" in args.only and not args.no_ruby and not ruby_available():
+    ruby_sections = {"enqueue", "pickup"} & set(args.only)
+    if ruby_sections and not args.no_ruby and not ruby_available():
         parser.error("ruby with sidekiq is missing: run `make deps`, or pass --no-ruby")
     return args
 
@@ -174,6 +184,18 @@ def run(args: argparse.Namespace, port: int, work_dir: Path, raw: dict[str, Any]
             progress(
                 f"lateness {transport}: p50 {row['p50_s']:.3f}s "
                 f"p99 {row['p99_s']:.3f}s max {row['max_s']:.3f}s"
+            )
+    if "pickup" in args.only:
+        raw["pickup"] = []
+        for system in pickup.SYSTEMS:
+            if system == "ruby" and args.no_ruby:
+                continue
+            row = pickup.run_once(system, port, args.pickup_jobs, work_dir, seed=14)
+            raw["pickup"].append(row)
+            progress(
+                f"pickup {system:8}: p50 {row['p50_ms']:.1f} ms p99 {row['p99_ms']:.1f} ms "
+                f"max {row['max_ms']:.1f} ms; idle {row['idle_commands_per_s']:.1f} commands/s, "
+                f"{row['connections']} connections"
             )
 
 

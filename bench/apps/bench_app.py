@@ -8,6 +8,8 @@ Environment:
 ``BENCH_MARK_DIR``       where ``bench.mark`` and ``bench.stamp`` write (files, not Redis, so
                          that measuring adds no Redis command to the ones counted).
 ``BENCH_POLL_INTERVAL``  ``setup(poll_interval=...)`` for sidekiq:// (default: setup's own).
+``BENCH_TRANSPORT_OPTIONS`` JSON of kombu transport options (the pick-up bench's
+                         ``instant_pickup: false``, the design before issue 14).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ BROKER_URL = os.environ["BROKER_URL"]
 MARK_DIR = Path(os.environ.get("BENCH_MARK_DIR", "."))
 
 app = Celery("bench_app", broker=BROKER_URL)
+if os.environ.get("BENCH_TRANSPORT_OPTIONS"):
+    app.conf.broker_transport_options = json.loads(os.environ["BENCH_TRANSPORT_OPTIONS"])
 if BROKER_URL.startswith(("sidekiq://", "sidekiqs://")):
     import celery_sidekiq
 
@@ -93,5 +97,18 @@ def stamp(self: Any, eta: float) -> None:
     fd = os.open(MARK_DIR / "stamps", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+@app.task(name="bench.pickup", bind=True)
+def pickup(self: Any, pushed: float) -> None:
+    """Append ``<pushed> <now> <queue>`` to ``<mark dir>/pickups``: when the producer pushed
+    this job, and when it started here (one O_APPEND write, as ``bench.stamp``)."""
+    now = time.time()
+    queue = (self.request.delivery_info or {}).get("routing_key")
+    fd = os.open(MARK_DIR / "pickups", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{pushed!r} {now!r} {queue}\n".encode())
     finally:
         os.close(fd)
