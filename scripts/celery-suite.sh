@@ -18,6 +18,11 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=${PYTHON:-$root/.venv/bin/python}
+# Absolute: the suite runs from inside the unpacked sdist (make passes .venv/bin/python).
+case $python in
+    */*) python=$(cd "$(dirname "$python")" && pwd)/$(basename "$python") ;;
+    *) python=$(command -v "$python") ;;
+esac
 broker=${CELERY_SUITE_BROKER:-sidekiq}
 version=$("$python" -c 'import celery; print(celery.__version__)')
 cache=$root/.cache/celery-suite
