@@ -386,6 +386,8 @@ def test_many_producers_racing_on_one_key_push_exactly_one_job(
             outcomes.append("pushed")
         except DuplicateJob:
             outcomes.append("duplicate")
+        except Exception as exc:  # said in the failure, not lost in a thread's traceback
+            outcomes.append(f"error: {exc!r}")
 
     threads = [
         threading.Thread(target=race, args=(app,)) for app in apps for _ in range(threads_per_app)
@@ -396,8 +398,9 @@ def test_many_producers_racing_on_one_key_push_exactly_one_job(
         thread.join(30)
     for app in apps:
         app.close()
+    assert [outcome for outcome in outcomes if outcome.startswith("error")] == []
     assert sorted(outcomes).count("pushed") == 1
-    assert len(outcomes) == 36
+    assert len(outcomes) == 36, f"{36 - len(outcomes)} producers still blocked after 30 s"
     assert redis.llen("queue:default") == 1
     (job,) = queued(redis)
     key = unique.lock_key(job, Keys())
