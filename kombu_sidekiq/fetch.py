@@ -187,6 +187,7 @@ class ReliableFetch:
         self._queues: set[str] = set()
         self._named: set[tuple[str, int]] = set()  # running jobs logged at the stop
         self._stopped = threading.Event()
+        self._abandoned = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- keys ------------------------------------------------------------------------------
@@ -529,8 +530,7 @@ class ReliableFetch:
     def _drain(self) -> None:
         # After the stop: the lease stays alive while jobs are left, and each round tries to
         # settle them; the background client is out of reach of kombu's cleanup.
-        while True:
-            time.sleep(DRAIN_INTERVAL)
+        while not self._abandoned.wait(DRAIN_INTERVAL):
             try:
                 self.refresh(self.background)
             except redis.RedisError as exc:
@@ -544,6 +544,14 @@ class ReliableFetch:
                 logger.info("every job held at the stop is settled; lease released")
                 self._close_background()
                 return
+
+    def abandon(self) -> None:
+        """Stop keeping, after the stop, what is still held: its lease expires, and recovery
+        returns it (a process about to exit, a test that will never ack)."""
+        self._abandoned.set()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
 
     def _close_background(self) -> None:
         if self.background is not self.client:

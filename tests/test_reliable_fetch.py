@@ -264,6 +264,7 @@ def test_stop_releases_the_lease_and_the_registry_unless_jobs_are_held(
         holder.registry, holder.inflight("default")
     )
     assert redis.llen("queue:default") == 0
+    holder.abandon()  # the task never ends here: stop renewing its lease
 
 
 def test_stop_gives_back_at_once_what_no_task_holds_in_one_step_per_queue(
@@ -286,6 +287,10 @@ def test_stop_gives_back_at_once_what_no_task_holds_in_one_step_per_queue(
     assert held(redis, fetch) == [raws[0]]
     assert not redis.exists(fetch.landing("default"))
     assert [item.payload for item in prefetched] == [raws[1], raws[2]]
+    fetch.ack("default", running.tag, running.payload)  # the running task ends: all released
+    wait_for(lambda: not redis.exists(fetch.lease_key), timeout=10, message="lease released")
+    assert held(redis, fetch) == []
+    assert not redis.hexists(fetch.registry, fetch.inflight("default"))
 
 
 payloads = st.one_of(
