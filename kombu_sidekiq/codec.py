@@ -320,7 +320,9 @@ def _extension(
     if _iso(headers.get("eta")) is not None:  # request.eta, once the job is due
         ext["eta"] = headers["eta"]
     priority = _count(props.get("priority"))
-    if priority is not None and priority <= _PRIORITY_MAX:
+    # 0 is what a message without one reads back: kombu's envelope says 0, the direct way
+    # says nothing, and both write the same job.
+    if priority and priority <= _PRIORITY_MAX:
         ext["priority"] = priority
     # Message properties a job has no slot for (apply_async(app_id=...), message_id, ...),
     # kept when they are plain JSON values, so the task's request.properties shows them.

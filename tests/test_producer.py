@@ -28,9 +28,14 @@ import celery_sidekiq
 from kombu_sidekiq import job as jobs
 from kombu_sidekiq.transport import Producer, WriteRefused
 
-#: JSON values as ``json`` writes them natively (no NaN: it never equals itself).
+#: JSON values as ``json`` writes them natively (no NaN or infinities: JSON has none, and a
+#: producer refuses them; see test_non_json_numbers_are_refused_and_nothing_is_written).
 json_values = strategies.json_values(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
     size=4,
     leaves=12,
 )
@@ -55,12 +60,12 @@ def _send(app: Celery, producer: Any, task_id: str, args: Any, **options: Any) -
 def _jobs(redis: redis_lib.Redis) -> list[dict[str, Any]]:
     """Every job written, queued or scheduled, without the timestamps taken at write time."""
     raws = redis.lrange("queue:default", 0, -1)[::-1] + redis.zrange("schedule", 0, -1)
-    # json.loads, not jobs.parse: both ways must agree even on what no reader takes (Infinity,
-    # which the args strategy makes and job.parse refuses); refusing it is another question.
     parsed = [json.loads(raw) for raw in raws]
     for job in parsed:
         job.pop("created_at", None)
         job.pop("enqueued_at", None)
+        if isinstance(job.get("celery"), dict):
+            job["celery"].pop("eta", None)  # now + countdown, taken per call as well
     return parsed
 
 
@@ -187,3 +192,12 @@ def test_an_error_reply_is_raised_once_not_retried_into_a_duplicate(
     redis.delete("queues")
     task.delay(2)  # the connection is still in step
     assert [job["args"] for job in _jobs(redis)] == [[1], [2]]
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_json_numbers_are_refused_and_nothing_is_written(
+    app: Celery, redis: redis_lib.Redis, value: float
+) -> None:
+    with pytest.raises(ValueError, match="JSON compliant"):
+        app.tasks["Reports::Build"].apply_async(([value],), retry=False)
+    assert redis.keys("queue:*") == [] and redis.zcard("schedule") == 0
