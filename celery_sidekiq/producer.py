@@ -10,13 +10,19 @@ other part of Celery's publishing (routing, the ``before/after_task_publish`` si
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import Any, Final
 
 from celery import Celery
 from celery.app.amqp import AMQP
 from celery.utils.imports import symbol_by_name
 
 from kombu_sidekiq.transport import Producer
+
+#: Held while an app builds its producer pool. Celery's first use of ``app.pool`` calls
+#: ``kombu.pools.set_limit``, which iterates every pool of the process while another app's
+#: first publish, in another thread, adds its own: "dictionary changed size during iteration".
+_POOL_BUILD: Final = threading.Lock()
 
 
 class DirectProducerMixin:
@@ -26,6 +32,9 @@ class DirectProducerMixin:
 
     @property
     def producer_pool(self) -> Any:
+        if self._producer_pool is None:  # type: ignore[attr-defined]
+            with _POOL_BUILD:
+                super().producer_pool  # type: ignore[misc]  # noqa: B018 (builds it)
         pool = super().producer_pool  # type: ignore[misc]
         # kombu's pool builds its producers lazily, reading this attribute each time; the pool
         # is shared by every app on the same broker URL, and the class falls back to kombu's

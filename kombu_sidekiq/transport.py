@@ -920,12 +920,7 @@ class Producer(kombu.Producer):  # type: ignore[misc]
         write = self._put_task
         if options.get("retry"):
             policy = options.get("retry_policy") or {}
-            given = self.connection.transport_options
-            # As kombu's publish does, but only when something changes: every connection of an
-            # app shares this dict, and one growing while another thread copies it raises
-            # "dictionary changed size during iteration" there.
-            if any(given.get(key, given) != value for key, value in policy.items()):
-                given.update(policy)
+            self.connection.transport_options.update(policy)  # as kombu's publish does
             write = self.connection.ensure(self, write, **policy)
         write(options["routing_key"], options["headers"], properties, body)
         return None

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import kombu.pools
 import pytest
 import redis as redis_lib
 from celery import Celery
@@ -368,6 +369,9 @@ def test_a_batch_keeps_its_order_around_a_unique_job(
 def test_many_producers_racing_on_one_key_push_exactly_one_job(
     redis: redis_lib.Redis, broker_url: str
 ) -> None:
+    # The process-wide limit other tests left, not this test's 12: the apps' first publishes
+    # then resize every pool of the process while they add their own (kombu.pools.set_limit).
+    kombu.pools.set_limit(10)
     apps = []
     for n in range(3):  # three producers, each with its own connection pool
         app = Celery(f"racer{n}", broker=broker_url)
