@@ -10,7 +10,7 @@ set -euo pipefail
 
 # The project's system packages. Add new ones here (and a check in is_present if a command
 # or library check is more reliable than dpkg for it).
-PACKAGES="redis-server redis-sentinel openssl ruby ruby-sidekiq ruby-activejob ruby-rack ruby-webrick chromium"
+PACKAGES="redis-server redis-sentinel openssl ruby ruby-sidekiq ruby-activejob ruby-rack ruby-webrick ruby-sidekiq-cron chromium"
 
 # Return 0 when a package's functionality is already available. Commands and Ruby libraries
 # are checked directly, so a redis-server or sidekiq installed another way (e.g. a gem) counts.
@@ -24,6 +24,7 @@ is_present() {
         ruby-activejob) command -v ruby >/dev/null 2>&1 && ruby -e 'require "active_job"; require "global_id"' >/dev/null 2>&1 ;;
         ruby-rack) command -v rackup >/dev/null 2>&1 ;;
         ruby-webrick) command -v ruby >/dev/null 2>&1 && ruby -e 'require "webrick"' >/dev/null 2>&1 ;;
+        ruby-sidekiq-cron) command -v ruby >/dev/null 2>&1 && ruby -e 'require "sidekiq-cron"' >/dev/null 2>&1 ;;
         chromium) command -v chromium >/dev/null 2>&1 ;;
         *) [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" = "install ok installed" ] ;;
     esac
