@@ -147,6 +147,10 @@ class QoS(virtual.QoS):  # type: ignore[misc]
         for delivery_tag, message in list(self._delivered.items()):
             if running is not None and running(message):
                 continue  # its task acks it later, through this QoS
+            if delivery_tag in self._dirty:
+                # Acked by a pool thread since the flush above: a request stops counting as
+                # running only once its ack is recorded, so this check comes after that one.
+                continue
             del self._delivered[delivery_tag]
             try:
                 self.channel._restore(message)

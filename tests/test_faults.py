@@ -130,10 +130,8 @@ def assert_all_ran_once(
     worker: CeleryWorker,
     proxy: FaultProxy,
     timeout: float = 45,
-    after_connection_loss: bool = False,
 ) -> None:
-    """Every job ran, the queue drained, nothing stays in flight; then none ran twice (after
-    a lost connection, a run twice is reported as the known limit it is, not passed over)."""
+    """Every job ran, the queue drained, nothing stays in flight; then none ran twice."""
 
     def done() -> bool:
         return (
@@ -159,11 +157,6 @@ def assert_all_ran_once(
     time.sleep(1)  # a late second run (a recovery, a redelivery) would show up now
     ran = runs(direct)
     twice = {jid: n for jid, n in ran.items() if n > 1}
-    if twice and after_connection_loss:
-        # Known limit (docs/RELIABILITY.md): a job running when the connection broke stays in
-        # flight and runs once, but one Celery had reserved and not yet handed to the pool
-        # goes back to its queue, and the pool may still take it before Celery drops it.
-        pytest.xfail(f"{len(twice)} reserved jobs ran twice after a lost connection: {report}")
     assert all(n == 1 for n in ran.values()), f"jobs ran twice: {report}"
     assert set(ran) == set(sent)
     assert direct.zcard("dead") == direct.zcard("retry") == 0
@@ -263,7 +256,7 @@ def test_connections_cut_mid_command_repeatedly_lose_nothing(
         reply = carries_jobs if when == "after" else None
         rule = proxy.cut_on(FETCH_CALL, when=when, reply=reply)  # type: ignore[arg-type]
         assert rule.wait(30), f"no fetch was cut {when}; proxy: {proxy.counters}"
-    assert_all_ran_once(direct, sent, worker, proxy, after_connection_loss=True)
+    assert_all_ran_once(direct, sent, worker, proxy)
 
 
 # -- Redis itself stalls ---------------------------------------------------------------------
