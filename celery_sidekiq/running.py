@@ -5,8 +5,8 @@ message not acknowledged yet, while the tasks already running go on: each such j
 a second time as soon as a new connection fetches it. The sidekiq transport asks this instead
 (its ``sidekiq_running`` option): a job this worker will run stays in flight, and the task's
 ack removes it when it ends; the fetch keeps its lease alive until then. The rest goes back
-to its queue at once. At a stop (warm or cold) nothing more will run: everything not acked
-goes back.
+to its queue at once. At a stop (warm or cold) nothing more will run: everything goes back
+but the jobs whose ack is on its way (below).
 
 Which jobs will run depends on the pool. After a lost connection Celery forgets the requests
 it reserved (``Consumer.on_close``) and flushes the pool:
